@@ -1,0 +1,26 @@
+"""Tests see 8 simulated CPU devices; the flag must be set before jax is imported."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    from tests import artifacts
+
+    return artifacts.minilm_dir()
+
+
+@pytest.fixture(scope="session")
+def gpt2_tiktoken():
+    from tests import artifacts
+
+    return artifacts.gpt2_tiktoken()
