@@ -1,0 +1,1 @@
+"""Corpus readers, the token store, and the BERT / GPT input pipelines."""
