@@ -1,0 +1,167 @@
+"""BERT's WordPiece tokenizer with the original rules, run by HF ``tokenizers`` (Rust) for speed.
+
+The rules (checked against transformers' pure-Python ``BertTokenizerLegacy`` in tests): control characters
+dropped, whitespace normalised, CJK ideographs split into single characters, NFC, optional lower-casing with
+accent stripping, punctuation split, greedy longest-match-first with ``##`` continuation, words longer than
+200 characters -> ``[UNK]`` (the original release's limit; transformers' classes default to 100). Text that
+looks like a special token (``"[MASK]"``) is ordinary text, as in the original ``FullTokenizer``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+import unicodedata
+from functools import lru_cache
+
+from tokenizers import Regex
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, normalizers, pre_tokenizers
+
+from bertgpt_jax.tokenization.base import Tokenizer, atomic_write_text, special_table, write_meta
+
+MAX_INPUT_CHARS_PER_WORD = 200
+_SPECIAL_TOKENS = {"cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]", "pad": "[PAD]", "unk": "[UNK]"}
+
+
+@lru_cache(maxsize=1)
+def _unassigned_class() -> str:
+    """A regex class of the code points Python's ``unicodedata`` calls unassigned or private use.
+
+    BERT's ``_is_control`` drops every category starting with "C"; the Rust normalizer drops only Cc/Cf.
+    """
+    ranges, start = [], None
+    for cp in range(0x110001):
+        inside = cp < 0x110000 and not 0xD800 <= cp < 0xE000 and unicodedata.category(chr(cp)) in ("Cn", "Co")
+        if inside and start is None:
+            start = cp
+        elif not inside and start is not None:
+            ranges.append(f"\\x{{{start:x}}}-\\x{{{cp - 1:x}}}")
+            start = None
+    return "[" + "".join(ranges) + "]"
+
+
+def _normalizer(do_lower_case: bool, tokenize_chinese_chars: bool):
+    # BertTokenizer cleans, splits CJK, then NFC-composes, then lower-cases and strips accents; the Rust
+    # BertNormalizer has no NFC step, so the sequence below rebuilds that order from parts.
+    steps = [normalizers.Replace(Regex(_unassigned_class()), ""), normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=tokenize_chinese_chars,
+                                        strip_accents=False, lowercase=False), normalizers.NFC()]
+    if do_lower_case:
+        steps += [normalizers.Lowercase(), normalizers.NFD(), normalizers.StripAccents()]
+    return normalizers.Sequence(steps)
+
+
+class WordPieceTokenizer(Tokenizer):
+    """WordPiece over a fixed vocabulary (a list of tokens; the id is the index)."""
+
+    kind = "wordpiece"
+
+    def __init__(self, vocab: Sequence[str], do_lower_case: bool = True, tokenize_chinese_chars: bool = True,
+                 max_input_chars_per_word: int = MAX_INPUT_CHARS_PER_WORD, unk_token: str = "[UNK]"):
+        super().__init__()
+        self.vocab = list(vocab)
+        index = {tok: i for i, tok in enumerate(self.vocab)}
+        if len(index) != len(self.vocab):
+            dup = next(t for i, t in enumerate(self.vocab) if index[t] != i)
+            raise ValueError(f"WordPiece vocabulary lists token {dup!r} twice; every line must be unique")
+        if unk_token not in index:
+            raise ValueError(f"WordPiece vocabulary has no unknown token {unk_token!r}; add it (BERT uses [UNK])")
+        self.do_lower_case = bool(do_lower_case)
+        self.tokenize_chinese_chars = bool(tokenize_chinese_chars)
+        self.max_input_chars_per_word = int(max_input_chars_per_word)
+        self.unk_token = unk_token
+        names = dict(_SPECIAL_TOKENS, unk=unk_token)
+        self.special.update({name: index.get(tok) for name, tok in names.items()})
+        hf = HFTokenizer(models.WordPiece(index, unk_token=unk_token, continuing_subword_prefix="##",
+                                          max_input_chars_per_word=self.max_input_chars_per_word))
+        hf.normalizer = _normalizer(self.do_lower_case, self.tokenize_chinese_chars)
+        hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        hf.decoder = decoders.WordPiece(prefix="##")
+        self.hf = hf
+
+    # -- loading -------------------------------------------------------------------------------
+    @classmethod
+    def from_vocab_file(cls, path: str, do_lower_case: bool | None = None, **kwargs) -> "WordPieceTokenizer":
+        """Loads a BERT ``vocab.txt`` (one token per line). ``do_lower_case`` defaults to a sibling
+        ``tokenizer_config.json``'s setting, else True (the original default)."""
+        with open(path, encoding="utf-8") as f:
+            vocab = [line.rstrip("\r\n") for line in f]
+        while vocab and vocab[-1] == "":  # a trailing newline is not a token
+            vocab.pop()
+        if not vocab:
+            raise ValueError(f"{path} is empty; a WordPiece vocab.txt holds one token per line")
+        if do_lower_case is None:
+            do_lower_case = True
+            config = os.path.join(os.path.dirname(path), "tokenizer_config.json")
+            if os.path.exists(config):
+                with open(config, encoding="utf-8") as f:
+                    do_lower_case = bool(json.load(f).get("do_lower_case", True))
+        return cls(vocab, do_lower_case=do_lower_case, **kwargs)
+
+    @classmethod
+    def from_hf_json(cls, spec: dict, path: str = "tokenizer.json") -> "WordPieceTokenizer":
+        """Builds from a parsed HF ``tokenizer.json`` whose model is WordPiece."""
+        model = spec["model"]
+        if model.get("continuing_subword_prefix", "##") != "##":
+            raise ValueError(f"{path}: WordPiece prefix {model['continuing_subword_prefix']!r} is not '##'")
+        vocab_map = model["vocab"]
+        vocab = [None] * (max(vocab_map.values()) + 1)
+        for tok, i in vocab_map.items():
+            vocab[i] = tok
+        if any(t is None for t in vocab):
+            raise ValueError(f"{path}: WordPiece vocabulary ids are not contiguous from 0")
+        norm = spec.get("normalizer") or {}
+        bert = norm if norm.get("type") == "BertNormalizer" else next(
+            (n for n in norm.get("normalizers", []) if n.get("type") == "BertNormalizer"), None)
+        if bert is None:
+            raise ValueError(f"{path}: WordPiece tokenizer without a BertNormalizer is not a BERT tokenizer")
+        lower = bool(bert.get("lowercase", True))
+        strip = bert.get("strip_accents")
+        if strip is not None and bool(strip) != lower:
+            raise ValueError(f"{path}: strip_accents={strip} with lowercase={lower} is not supported; "
+                             "BERT strips accents exactly when it lower-cases")
+        return cls(vocab, do_lower_case=lower, tokenize_chinese_chars=bool(bert.get("handle_chinese_chars", True)),
+                   max_input_chars_per_word=int(model.get("max_input_chars_per_word", MAX_INPUT_CHARS_PER_WORD)),
+                   unk_token=model.get("unk_token", "[UNK]"))
+
+    # -- the interface -------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def tokenize(self, text: str) -> list[str]:
+        return self.hf.encode(text, add_special_tokens=False).tokens
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self.hf.encode_batch_fast(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def id_to_token(self, index: int) -> str:
+        return self.vocab[index]
+
+    def word_start_table(self) -> np.ndarray:
+        table = np.array([not t.startswith("##") for t in self.vocab], dtype=bool)
+        return special_table(table, self.special)
+
+    def save(self, directory: str) -> str:
+        """Writes ``vocab.txt`` (the original format), HF ``tokenizer.json`` and our settings."""
+        os.makedirs(directory, exist_ok=True)
+        atomic_write_text(os.path.join(directory, "vocab.txt"), "".join(t + "\n" for t in self.vocab))
+        self.hf.save(os.path.join(directory, "tokenizer.json"))
+        write_meta(directory, {"kind": self.kind, "vocab_file": "vocab.txt", **self._settings()})
+        return directory
+
+    def _settings(self) -> dict:
+        return {"do_lower_case": self.do_lower_case, "tokenize_chinese_chars": self.tokenize_chinese_chars,
+                "max_input_chars_per_word": self.max_input_chars_per_word, "unk_token": self.unk_token}
+
+    def _vocab_digest_items(self):
+        return (t.encode("utf-8") for t in self.vocab)
