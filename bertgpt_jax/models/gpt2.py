@@ -1,0 +1,67 @@
+"""GPT-2 language model (Radford et al. 2019): pre-LN causal decoder, LM head tied to the token table."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bertgpt_jax import sharding as sh
+from bertgpt_jax.configs import ModelConfig
+from bertgpt_jax.models import masks
+from bertgpt_jax.models.layers import Embedding, Stack, constrain_hidden, layer_norm
+from bertgpt_jax.models.outputs import GPT2Output
+
+
+class GPT2(nn.Module):
+    """``apply(params, input_ids, attention_mask, segment_ids, position_ids)`` -> GPT2Output.
+
+    ``segment_ids`` marks packed documents (attention stays within a document); ``position_ids`` then
+    restart per document. ``return_logits=False`` skips the [B, T, V] projection so a loss can be
+    computed in chunks from ``last_hidden_state`` (see ``lm_logits``).
+    """
+
+    cfg: ModelConfig
+
+    def setup(self):
+        cfg, std = self.cfg, self.cfg.initializer_range
+        self.wte = Embedding(cfg.vocab_size, cfg.hidden_size, (sh.VOCAB, sh.EMBED), cfg.dtype,
+                             cfg.param_dtype, std)
+        self.wpe = Embedding(cfg.max_position_embeddings, cfg.hidden_size, (sh.POSITIONS, sh.EMBED), cfg.dtype,
+                             cfg.param_dtype, 0.01)
+        self.ln_f = layer_norm(cfg, None)
+
+    @nn.compact
+    def __call__(self, input_ids: jax.Array, attention_mask: Optional[jax.Array] = None,
+                 segment_ids: Optional[jax.Array] = None, position_ids: Optional[jax.Array] = None,
+                 deterministic: bool = True, output_hidden_states: bool = False,
+                 return_logits: bool = True) -> GPT2Output:
+        cfg = self.cfg
+        B, T = input_ids.shape
+        if T > cfg.max_position_embeddings:
+            raise ValueError(f"sequence length {T} exceeds max_position_embeddings (n_positions) "
+                             f"{cfg.max_position_embeddings}")
+        if position_ids is None:
+            position_ids = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+        extra = masks.combine(masks.padding_mask(attention_mask) if attention_mask is not None else None,
+                              masks.segment_mask(segment_ids) if segment_ids is not None else None)
+        # Without padding or segments the kernel's own causal flag is used (no mask tensor at all).
+        mask = masks.combine(masks.causal_mask(T), extra) if extra is not None else None
+
+        x_BxTxD = self.wte(input_ids) + self.wpe(position_ids)
+        x_BxTxD = nn.Dropout(cfg.hidden_dropout_prob)(x_BxTxD, deterministic=deterministic)
+        x_BxTxD = constrain_hidden(x_BxTxD)
+        x_BxTxD, hidden = Stack(cfg, deterministic, pre_ln=True, is_causal=True,
+                                output_hidden_states=output_hidden_states, name="h")(x_BxTxD, mask)
+        x_BxTxD = self.ln_f(x_BxTxD)
+        if hidden is not None:
+            # HF convention: the last entry is the final-LayerNorm output.
+            hidden = hidden[:-1] + (x_BxTxD,)
+        logits = self.wte.attend(x_BxTxD) if return_logits else None
+        return GPT2Output(logits=logits, last_hidden_state=x_BxTxD, hidden_states=hidden)
+
+    def lm_logits(self, h_xD: jax.Array) -> jax.Array:
+        """fp32 logits of final hidden states against the tied token table (for chunked losses)."""
+        return self.wte.attend(h_xD)

@@ -1,0 +1,217 @@
+"""Building blocks shared by BERT and GPT-2: dense, embedding, LayerNorm, attention, MLP, block, stack.
+
+BERT and GPT-2 differ only by config: post-LN vs pre-LN blocks, bidirectional vs causal masks.
+Every parameter carries logical axis names (``bertgpt_jax.sharding``); activations are constrained to
+(batch, length, embed) at block boundaries.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bertgpt_jax import sharding as sh
+from bertgpt_jax.configs import ModelConfig
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # exact erf GELU (original BERT)
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),  # tanh approximation (GPT-2)
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "tanh": jnp.tanh,
+    "silu": jax.nn.silu,
+}
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing inside a layer; recompute it all in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,  # keep weight matmul outputs
+}
+
+
+def constrain_hidden(x_BxTxD: jax.Array) -> jax.Array:
+    return nn.with_logical_constraint(x_BxTxD, (sh.BATCH, sh.LENGTH, sh.EMBED))
+
+
+class Dense(nn.Module):
+    """``y = x . W + b`` contracting the trailing ``in_ndim`` axes of x; W has shape in_shape + out_shape.
+
+    Multi-axis kernels (e.g. [D, 3, H, K] for fused QKV) keep heads as a named axis for tensor
+    parallelism while computing one matmul.
+    """
+
+    out_shape: Sequence[int]
+    kernel_axes: Sequence[Optional[str]]
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    stddev: float = 0.02
+    in_ndim: int = 1
+    out_dtype: Optional[jnp.dtype] = None  # e.g. float32 for logits computed from bf16 inputs
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_shape = tuple(x.shape[x.ndim - self.in_ndim:])
+        out_shape = tuple(self.out_shape)
+        kernel = self.param("kernel", nn.with_logical_partitioning(
+            nn.initializers.normal(self.stddev), tuple(self.kernel_axes)), in_shape + out_shape,
+            self.param_dtype)
+        bias = self.param("bias", nn.with_logical_partitioning(
+            nn.initializers.zeros, tuple(self.kernel_axes[self.in_ndim:])), out_shape, self.param_dtype)
+        out_dtype = self.out_dtype or self.dtype
+        x_axes = tuple(range(x.ndim - self.in_ndim, x.ndim))
+        y = jax.lax.dot_general(
+            x.astype(self.dtype), kernel.astype(self.dtype),
+            ((x_axes, tuple(range(self.in_ndim))), ((), ())), preferred_element_type=out_dtype)
+        return y + bias.astype(out_dtype)
+
+
+class Embedding(nn.Module):
+    """A lookup table that can also project back onto itself (tied decoder / LM head)."""
+
+    num_embeddings: int
+    features: int
+    axes: tuple[str, str]
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+    stddev: float = 0.02
+
+    def setup(self):
+        self.embedding = self.param("embedding", nn.with_logical_partitioning(
+            nn.initializers.normal(self.stddev), self.axes), (self.num_embeddings, self.features),
+            self.param_dtype)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+    def attend(self, x_xD: jax.Array) -> jax.Array:
+        """Logits against every row of the table, in fp32."""
+        return jnp.einsum("...d,vd->...v", x_xD, self.embedding.astype(x_xD.dtype),
+                          preferred_element_type=jnp.float32)
+
+
+def layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
+    """LayerNorm with params ``scale``/``bias`` and statistics in fp32."""
+    return nn.LayerNorm(
+        epsilon=cfg.layer_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype, use_fast_variance=False,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (sh.NORM,)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (sh.NORM,)), name=name)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused QKV matmul through ``jax.nn.dot_product_attention``."""
+
+    cfg: ModelConfig
+    deterministic: bool = True
+    is_causal: bool = False
+    out_stddev: float = 0.02
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array, mask_Bx1xTxS: Optional[jax.Array]) -> jax.Array:
+        cfg = self.cfg
+        H, K = cfg.num_attention_heads, cfg.head_dim
+        qkv_BxTx3xHxK = Dense((3, H, K), (sh.EMBED, None, sh.HEADS, sh.KV), cfg.dtype, cfg.param_dtype,
+                              cfg.initializer_range, name="qkv")(x_BxTxD)
+        q, k, v = qkv_BxTx3xHxK[:, :, 0], qkv_BxTx3xHxK[:, :, 1], qkv_BxTx3xHxK[:, :, 2]
+        rate = cfg.attention_probs_dropout_prob
+        if self.deterministic or rate == 0.0:
+            ctx_BxTxHxK = jax.nn.dot_product_attention(
+                q, k, v, mask=mask_Bx1xTxS, is_causal=self.is_causal and mask_Bx1xTxS is None)
+        else:
+            ctx_BxTxHxK = self._attend_with_dropout(q, k, v, mask_Bx1xTxS, rate)
+        return Dense((cfg.hidden_size,), (sh.HEADS, sh.KV, sh.EMBED), cfg.dtype, cfg.param_dtype,
+                     self.out_stddev, in_ndim=2, name="out")(ctx_BxTxHxK)
+
+    def _attend_with_dropout(self, q, k, v, mask, rate):
+        # jax.nn.dot_product_attention has no dropout on the probabilities: spell it out for training.
+        T = q.shape[1]
+        logits_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32)
+        logits_BxHxTxS = logits_BxHxTxS / jnp.sqrt(jnp.float32(q.shape[-1]))
+        if self.is_causal and mask is None:
+            mask = jnp.tril(jnp.ones((T, T), bool))[None, None]
+        if mask is not None:
+            logits_BxHxTxS = jnp.where(mask, logits_BxHxTxS, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits_BxHxTxS, axis=-1).astype(q.dtype)
+        probs = nn.Dropout(rate)(probs, deterministic=False)
+        return jnp.einsum("bhts,bshk->bthk", probs, v)
+
+
+class Mlp(nn.Module):
+    cfg: ModelConfig
+    out_stddev: float = 0.02
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        h_BxTxF = Dense((cfg.intermediate_size,), (sh.EMBED, sh.MLP), cfg.dtype, cfg.param_dtype,
+                        cfg.initializer_range, name="wi")(x_BxTxD)
+        h_BxTxF = nn.with_logical_constraint(ACTIVATIONS[cfg.hidden_act](h_BxTxF),
+                                             (sh.BATCH, sh.LENGTH, sh.MLP))
+        return Dense((cfg.hidden_size,), (sh.MLP, sh.EMBED), cfg.dtype, cfg.param_dtype, self.out_stddev,
+                     name="wo")(h_BxTxF)
+
+
+class Block(nn.Module):
+    """One transformer layer: post-LN (BERT) or pre-LN (GPT-2). Returns (x, x or None) to be scannable."""
+
+    cfg: ModelConfig
+    deterministic: bool = True
+    pre_ln: bool = False
+    is_causal: bool = False
+    emit_hidden: bool = False
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array, mask: Optional[jax.Array]):
+        cfg = self.cfg
+        # GPT-2 scales the residual projections' init by 1/sqrt(2 L).
+        out_std = cfg.initializer_range / (2 * cfg.num_hidden_layers) ** 0.5 if self.pre_ln \
+            else cfg.initializer_range
+        attn = SelfAttention(cfg, self.deterministic, self.is_causal, out_std, name="attention")
+        mlp = Mlp(cfg, out_std, name="mlp")
+        drop = nn.Dropout(cfg.hidden_dropout_prob, deterministic=self.deterministic)
+        ln_attn, ln_mlp = layer_norm(cfg, "ln_attn"), layer_norm(cfg, "ln_mlp")
+        if self.pre_ln:
+            x_BxTxD = x_BxTxD + drop(attn(ln_attn(x_BxTxD), mask))
+            x_BxTxD = x_BxTxD + drop(mlp(ln_mlp(x_BxTxD)))
+        else:
+            x_BxTxD = ln_attn(x_BxTxD + drop(attn(x_BxTxD, mask)))
+            x_BxTxD = ln_mlp(x_BxTxD + drop(mlp(x_BxTxD)))
+        x_BxTxD = constrain_hidden(x_BxTxD)
+        return x_BxTxD, (x_BxTxD if self.emit_hidden else None)
+
+
+class Stack(nn.Module):
+    """``num_hidden_layers`` blocks, optionally rematerialised and/or scanned.
+
+    Unscanned params live under ``layer_0 ... layer_{L-1}``; scanned ones under ``layers`` with a leading
+    stacked axis (logical name ``layers``).
+    """
+
+    cfg: ModelConfig
+    deterministic: bool = True
+    pre_ln: bool = False
+    is_causal: bool = False
+    output_hidden_states: bool = False
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array, mask: Optional[jax.Array]):
+        cfg = self.cfg
+        block_cls = Block
+        if cfg.remat != "none":
+            block_cls = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+        kw = dict(cfg=cfg, deterministic=self.deterministic, pre_ln=self.pre_ln, is_causal=self.is_causal,
+                  emit_hidden=self.output_hidden_states)
+        hidden = [x_BxTxD]
+        if cfg.scan_layers:
+            scanned = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                              in_axes=(nn.broadcast,), length=cfg.num_hidden_layers,
+                              metadata_params={nn.PARTITION_NAME: sh.LAYERS})
+            x_BxTxD, ys_LxBxTxD = scanned(**kw, name="layers")(x_BxTxD, mask)
+            if self.output_hidden_states:
+                hidden += [ys_LxBxTxD[i] for i in range(cfg.num_hidden_layers)]
+        else:
+            for i in range(cfg.num_hidden_layers):
+                x_BxTxD, _ = block_cls(**kw, name=f"layer_{i}")(x_BxTxD, mask)
+                hidden.append(x_BxTxD)
+        return x_BxTxD, (tuple(hidden) if self.output_hidden_states else None)
