@@ -1,1 +1,30 @@
-"""Corpus readers, the token store, and the BERT / GPT input pipelines."""
+"""Corpus readers, the token store, and the BERT / GPT input pipelines.
+
+    ds = data.bert_dataset(store_dir, split="train", max_seq_length=128, max_predictions_per_seq=20)
+    ds = data.gpt_dataset(store_dir, split="train", seq_len=1024)
+    it = data.make_iterator(ds, global_batch_size=256, shuffle=True, seed=0)   # checkpointable
+    ev = data.make_eval_iterator(ds_val, global_batch_size=256)                # one unshuffled pass
+
+Names load on first use, so ``import bertgpt_jax.data`` stays cheap.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "bert_dataset": "bert_examples",
+    "BertExamples": "bert_examples",
+    "gpt_dataset": "gpt_examples",
+    "GptWindows": "gpt_examples",
+    "make_iterator": "pipeline",
+    "make_eval_iterator": "pipeline",
+    "batched_dataset": "pipeline",
+    "BatchedExamples": "pipeline",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
