@@ -1,0 +1,143 @@
+"""Run metrics: console lines, ``metrics.jsonl``, TensorBoard events, a loss-curve PNG, MFU."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Dense bf16 peak FLOP/s per chip (vendor figures); other devices are measured with a matmul.
+PEAK_FLOPS = {
+    "TPU v2": 45e12, "TPU v3": 123e12, "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12,
+    "TPU v5p": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+    "NVIDIA A100": 312e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA L4": 121e12,
+}
+
+
+def measured_matmul_flops(n: int = 1024, repeats: int = 5, dtype=jnp.float32) -> float:
+    """FLOP/s of a plain jitted n x n matmul on the first device: the reference rate for CPU MFU."""
+    device = jax.local_devices()[0]
+    a = jax.device_put(jnp.ones((n, n), dtype), device)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
+
+
+def peak_flops_per_device() -> tuple[float, str]:
+    """(peak FLOP/s of one device, where the figure comes from)."""
+    kind = jax.local_devices()[0].device_kind
+    for name, flops in PEAK_FLOPS.items():
+        if kind.startswith(name):
+            return flops, f"{kind} datasheet"
+    # Simulated CPU devices share the host's cores, so the host rate is the peak of all of them.
+    rate = measured_matmul_flops()
+    if jax.local_devices()[0].platform == "cpu":
+        rate /= jax.local_device_count()
+    return rate, f"measured f32 matmul on {kind}"
+
+
+def bytes_of(tree: Any) -> int:
+    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+
+
+def bytes_per_device(tree: Any) -> int:
+    """Bytes of ``tree`` held by the most loaded addressable device."""
+    per: dict = {}
+    for x in jax.tree.leaves(tree):
+        for shard in x.addressable_shards:
+            per[shard.device] = per.get(shard.device, 0) + shard.data.size * shard.data.dtype.itemsize
+    return max(per.values()) if per else 0
+
+
+class MetricsWriter:
+    """Writes records to ``metrics.jsonl`` and TensorBoard (process 0 only) and console lines."""
+
+    def __init__(self, output_dir: str, *, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled and jax.process_index() == 0
+        self.path = os.path.join(output_dir, "metrics.jsonl")
+        self._file = None
+        self._tb = None
+        if self.enabled:
+            os.makedirs(output_dir, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")
+            if tensorboard:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(os.path.join(output_dir, "tensorboard"))
+
+    def write(self, step: int, record: dict) -> None:
+        if not self.enabled:
+            return
+        clean = {"step": int(step)}
+        for k, v in record.items():
+            v = float(v) if isinstance(v, (np.floating, np.integer, float, int, jax.Array, np.ndarray)) else v
+            clean[k] = v
+        self._file.write(json.dumps(clean) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in clean.items():
+                if k != "step" and isinstance(v, float) and math.isfinite(v):
+                    self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def format_line(step: int, record: dict) -> str:
+    parts = [f"step {step}"]
+    for key, fmt in (("train/loss", "loss {:.4f}"), ("train/learning_rate", "lr {:.2e}"),
+                     ("train/grad_norm", "gnorm {:.3f}"), ("train/tokens_per_sec", "{:.0f} tok/s"),
+                     ("train/step_time", "{:.3f} s/step"), ("train/mfu", "MFU {:.1%}")):
+        if key in record:
+            parts.append(fmt.format(record[key]))
+    evals = [f"{k} {v:.4f}" for k, v in record.items() if k.startswith("eval/")]
+    return " | ".join(parts + evals)
+
+
+def plot_loss_curve(metrics_path: str, png_path: str) -> bool:
+    """Train (and eval) loss against step, written with the Agg backend. False when nothing to plot."""
+    records = read_jsonl(metrics_path) if os.path.exists(metrics_path) else []
+    train = [(r["step"], r["train/loss"]) for r in records if "train/loss" in r]
+    evals = [(r["step"], r["eval/loss"]) for r in records if "eval/loss" in r]
+    if not train and not evals:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    tmp = png_path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png_path)
+    return True

@@ -1,0 +1,140 @@
+"""The jit-compiled train and eval steps: one function for every mesh shape, state donated.
+
+Gradient accumulation scans over microbatches; the loss is normalised by the whole batch's counts so any
+number of microbatches gives the same gradient. A non-finite loss or gradient leaves the weights
+untouched (the step reports ``finite=False`` and the loop stops or skips, by flag).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from bertgpt_jax import sharding
+from bertgpt_jax.training import losses
+from bertgpt_jax.training.state import TrainState
+
+BERT_FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
+                 "masked_lm_weights", "next_sentence_labels")
+GPT_FEATURES = ("input_ids", "targets")
+GPT_OPTIONAL_FEATURES = ("segment_ids", "position_ids")
+
+
+def model_sums(model: nn.Module, is_bert: bool, params: Any, batch: dict, *, deterministic: bool,
+               dropout_rng: jax.Array | None = None) -> dict:
+    """Forward pass plus loss sums/counts (see ``losses``)."""
+    rngs = None if deterministic else {"dropout": dropout_rng}
+    if is_bert:
+        out = model.apply({"params": params}, batch["input_ids"], attention_mask=batch["input_mask"],
+                          token_type_ids=batch["segment_ids"], masked_lm_positions=batch["masked_lm_positions"],
+                          deterministic=deterministic, rngs=rngs)
+        return losses.bert_sums(out.mlm_logits, out.nsp_logits, batch)
+    out = model.apply({"params": params}, batch["input_ids"], segment_ids=batch.get("segment_ids"),
+                      position_ids=batch.get("position_ids"), deterministic=deterministic, rngs=rngs)
+    return losses.gpt_sums(out.logits, batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    grad_accum_steps: int = 1
+    clip_grad_norm: float = 1.0  # 0 disables clipping
+    # Dropout off gives bitwise-reproducible losses in tests; pretraining keeps it on.
+    deterministic: bool = False
+
+
+def _microbatches(batch: dict, n: int) -> dict:
+    # Microbatch i takes rows i, i+n, i+2n, ...: each keeps its rows on the devices that hold them, so
+    # splitting needs no communication.
+    def split(x):
+        if x.shape[0] % n:
+            raise ValueError(f"batch of {x.shape[0]} rows is not divisible by grad_accum_steps {n}")
+        return jnp.swapaxes(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(model: nn.Module, is_bert: bool, optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule, step_cfg: StepConfig = StepConfig()) -> Callable:
+    """``train_step(state, batch) -> (state, metrics)``, not yet jitted (see :func:`jit_train_step`)."""
+    accum = step_cfg.grad_accum_steps
+
+    def loss_fn(params, batch, rng, totals):
+        sums = model_sums(model, is_bert, params, batch, deterministic=step_cfg.deterministic, dropout_rng=rng)
+        return losses.objective(sums, totals), sums
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        totals = losses.counts(batch, is_bert)
+        step_rng = jax.random.fold_in(state.rng, state.step)
+        if accum == 1:
+            (objective, sums), grads = grad_fn(state.params, batch, step_rng, totals)
+        else:
+            def body(carry, xs):
+                index, micro = xs
+                (obj, sums), g = grad_fn(state.params, micro, jax.random.fold_in(step_rng, index), totals)
+                acc_obj, acc_sums, acc_g = carry
+                return (acc_obj + obj, jax.tree.map(jnp.add, acc_sums, sums), jax.tree.map(jnp.add, acc_g, g)), None
+
+            micro = _microbatches(batch, accum)
+            first = jax.tree.map(lambda x: x[0], micro)
+            sums0 = jax.eval_shape(lambda p: loss_fn(p, first, step_rng, totals)[1], state.params)
+            zeros = (jnp.zeros((), jnp.float32), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums0),
+                     jax.tree.map(jnp.zeros_like, state.params))
+            (objective, sums, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
+        grad_norm = optax.global_norm(grads)
+        if step_cfg.clip_grad_norm > 0:
+            scale = jnp.minimum(1.0, step_cfg.clip_grad_norm / jnp.maximum(grad_norm, 1e-12))
+            grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(objective) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        new_state = state.replace(step=state.step + 1, params=jax.tree.map(keep, params, state.params),
+                                  opt_state=jax.tree.map(keep, opt_state, state.opt_state))
+        metrics = {"loss": objective, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
+                   "finite": finite, **sums}
+        return new_state, metrics
+
+    return train_step
+
+
+def batch_shardings(mesh: jax.sharding.Mesh, batch_spec: dict) -> dict:
+    """Every feature's leading (batch) axis split over (data, fsdp)."""
+    return {k: sharding.batch_sharding(mesh, len(shape)) for k, shape in batch_spec.items()}
+
+
+def jit_train_step(train_step: Callable, mesh: jax.sharding.Mesh, state_shardings: TrainState,
+                   batch_shard: dict) -> Callable:
+    """Compiles once; the state is donated so parameters and moments are updated in place."""
+    jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_shard),
+                     out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+
+    def run(state, batch):
+        # Tracing needs the mesh and rules for the model's logical constraints.
+        with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+            return jitted(state, batch)
+
+    run.jitted = jitted
+    return run
+
+
+def make_eval_step(model: nn.Module, is_bert: bool, mesh: jax.sharding.Mesh, params_shardings: Any,
+                   batch_shard: dict) -> Callable:
+    """``eval_step(params, batch) -> sums`` (deterministic), summed on the host across batches."""
+
+    def eval_step(params, batch):
+        return model_sums(model, is_bert, params, batch, deterministic=True)
+
+    jitted = jax.jit(eval_step, in_shardings=(params_shardings, batch_shard), out_shardings=sharding.replicated(mesh))
+
+    def run(params, batch):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+            return jitted(params, batch)
+
+    return run
