@@ -27,31 +27,66 @@ MAX_INPUT_CHARS_PER_WORD = 200
 _SPECIAL_TOKENS = {"cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]", "pad": "[PAD]", "unk": "[UNK]"}
 
 
-@lru_cache(maxsize=1)
-def _unassigned_class() -> str:
-    """A regex class of the code points Python's ``unicodedata`` calls unassigned or private use.
-
-    BERT's ``_is_control`` drops every category starting with "C"; the Rust normalizer drops only Cc/Cf.
-    """
+def _char_class(predicate) -> str:
+    """A regex character class of every code point where ``predicate(char)`` holds."""
     ranges, start = [], None
     for cp in range(0x110001):
-        inside = cp < 0x110000 and not 0xD800 <= cp < 0xE000 and unicodedata.category(chr(cp)) in ("Cn", "Co")
+        inside = cp < 0x110000 and not 0xD800 <= cp < 0xE000 and predicate(chr(cp))
         if inside and start is None:
             start = cp
         elif not inside and start is not None:
-            ranges.append(f"\\x{{{start:x}}}-\\x{{{cp - 1:x}}}")
+            ranges.append(f"\\x{{{start:x}}}" + (f"-\\x{{{cp - 1:x}}}" if cp - 1 > start else ""))
             start = None
     return "[" + "".join(ranges) + "]"
 
 
-def _normalizer(do_lower_case: bool, tokenize_chinese_chars: bool):
-    # BertTokenizer cleans, splits CJK, then NFC-composes, then lower-cases and strips accents; the Rust
-    # BertNormalizer has no NFC step, so the sequence below rebuilds that order from parts.
-    steps = [normalizers.Replace(Regex(_unassigned_class()), ""), normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=tokenize_chinese_chars,
-                                        strip_accents=False, lowercase=False), normalizers.NFC()]
+# BERT's character classes, taken from Python's ``unicodedata`` as the reference implementation does: the
+# Rust normalizer's own tables are of another Unicode version and drop other categories (checked over every
+# code point in tests/test_tokenization.py).
+def _is_dropped(c: str) -> bool:  # BERT's _clean_text: NUL, U+FFFD and _is_control characters
+    return c in "\x00\ufffd" or (c not in "\t\n\r" and unicodedata.category(c).startswith("C"))
+
+
+def _is_space(c: str) -> bool:  # BERT's _is_whitespace (tabs and newlines included)
+    return c in " \t\n\r" or unicodedata.category(c) == "Zs"
+
+
+def _is_punctuation(c: str) -> bool:  # BERT's _is_punctuation: all ASCII non-alphanumerics count
+    cp = ord(c)
+    return 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126 or \
+        unicodedata.category(c).startswith("P")
+
+
+@lru_cache(maxsize=1)
+def _classes() -> dict[str, str]:
+    return {"drop": _char_class(_is_dropped), "space": _char_class(_is_space),
+            "punct": _char_class(_is_punctuation),
+            "accent": _char_class(lambda c: unicodedata.category(c) == "Mn")}
+
+
+def _normalizer(do_lower_case: bool):
+    # BertTokenizer cleans, NFC-composes, then lower-cases and strips accents (NFD, drop Mn).
+    cls = _classes()
+    steps = [normalizers.Replace(Regex(cls["drop"]), ""), normalizers.Replace(Regex(cls["space"]), " "),
+             normalizers.NFC()]
     if do_lower_case:
-        steps += [normalizers.Lowercase(), normalizers.NFD(), normalizers.StripAccents()]
+        # Python's str.lower turns a word-final capital sigma into final sigma; Rust's per-char one does not.
+        steps += [normalizers.Replace(Regex("(?<=\\p{Cased})\u03a3(?![\\p{Case_Ignorable}]*\\p{Cased})"), "\u03c2"),
+                  normalizers.Lowercase(), normalizers.NFD(), normalizers.Replace(Regex(cls["accent"]), "")]
     return normalizers.Sequence(steps)
+
+
+# BERT's _is_chinese_char: the CJK ideograph blocks (the Rust normalizer's list differs).
+_CJK = ("[\\x{4e00}-\\x{9fff}\\x{3400}-\\x{4dbf}\\x{20000}-\\x{2a6df}\\x{2a700}-\\x{2b73f}\\x{2b740}-\\x{2b81f}"
+        "\\x{2b820}-\\x{2ceaf}\\x{f900}-\\x{faff}\\x{2f800}-\\x{2fa1f}]")
+
+
+def _pre_tokenizer(tokenize_chinese_chars: bool):
+    # Splitting each ideograph off here equals BERT's padding it with spaces before NFC: no canonical
+    # composition involves an ideograph, and NFC maps compatibility ideographs into the same blocks.
+    isolated = _classes()["punct"] + ("|" + _CJK if tokenize_chinese_chars else "")
+    return pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                    pre_tokenizers.Split(Regex(isolated), "isolated")])
 
 
 class WordPieceTokenizer(Tokenizer):
@@ -77,8 +112,8 @@ class WordPieceTokenizer(Tokenizer):
         self.special.update({name: index.get(tok) for name, tok in names.items()})
         hf = HFTokenizer(models.WordPiece(index, unk_token=unk_token, continuing_subword_prefix="##",
                                           max_input_chars_per_word=self.max_input_chars_per_word))
-        hf.normalizer = _normalizer(self.do_lower_case, self.tokenize_chinese_chars)
-        hf.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        hf.normalizer = _normalizer(self.do_lower_case)
+        hf.pre_tokenizer = _pre_tokenizer(self.tokenize_chinese_chars)
         hf.decoder = decoders.WordPiece(prefix="##")
         self.hf = hf
 

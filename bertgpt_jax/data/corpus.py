@@ -1,0 +1,270 @@
+"""Corpus readers: every source yields documents as lists of sentences (strings), streaming.
+
+Sources (``input_file``): ``default`` (the embedded corpus), text files in the original BERT format (one
+sentence per line, a blank line between documents), JSONL with a text field (``.jsonl``/``.json``), each
+optionally ``.gz``; globs and comma-separated lists of those, local or ``gs://`` (via ``etils.epath``);
+``tfds:NAME[:SPLIT]`` for a TFDS dataset through ``tfds.data_source``. Invalid UTF-8 is replaced and
+counted, empty documents skipped and counted, and lines longer than ``max_line_bytes`` split at a space.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import glob
+import gzip
+import io
+import json
+import os
+import re
+from typing import IO, Iterable, Iterator
+
+DEFAULT = "default"
+DEFAULT_CORPUS = os.path.join(os.path.dirname(__file__), "default_corpus", "python_docs.txt.gz")
+MAX_LINE_BYTES = 1 << 20
+_JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
+# A sentence ends at . ! or ? followed by space and an opening capital, digit, quote or bracket.
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+@dataclasses.dataclass
+class CorpusStats:
+    """What a read saw: documents and sentences yielded, raw bytes read, and what was skipped and why."""
+
+    files: int = 0
+    documents: int = 0
+    sentences: int = 0
+    bytes: int = 0
+    skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+    def to_dict(self) -> dict:
+        return {"files": self.files, "documents": self.documents, "sentences": self.sentences,
+                "bytes": self.bytes, "skipped": dict(sorted(self.skipped.items()))}
+
+
+def split_sentences(text: str) -> list[str]:
+    """Splits running text into sentences: at line breaks, then after sentence-ending punctuation."""
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line:
+            out.extend(s for s in (p.strip() for p in _SENTENCE_END.split(line)) if s)
+    return out
+
+
+def expand_paths(input_file: str) -> list[str]:
+    """Comma-separated paths and globs -> the sorted list of files; a pattern that matches nothing is an error."""
+    paths = []
+    for part in (p.strip() for p in input_file.split(",")):
+        if not part:
+            continue
+        if "://" in part:
+            from etils import epath
+
+            path = epath.Path(part)
+            found = sorted(str(p) for p in path.parent.glob(path.name)) if glob.has_magic(part) else (
+                [part] if path.exists() else [])
+        else:
+            found = sorted(glob.glob(os.path.expanduser(part))) if glob.has_magic(part) else (
+                [part] if os.path.isfile(os.path.expanduser(part)) else [])
+            found = [os.path.expanduser(p) for p in found if os.path.isfile(os.path.expanduser(p))]
+        if not found:
+            what = "matches no file" if glob.has_magic(part) else "does not exist (or is not a file)"
+            raise FileNotFoundError(f"input file {part!r} {what}; give text/JSONL files, globs, "
+                                    f"comma lists, {DEFAULT!r} or tfds:NAME[:SPLIT]")
+        paths.extend(found)
+    if not paths:
+        raise ValueError(f"input_file {input_file!r} names no file")
+    return paths
+
+
+def _open(path: str) -> IO[bytes]:
+    if "://" in path:
+        from etils import epath
+
+        f = epath.Path(path).open("rb")
+    else:
+        f = open(path, "rb")
+    return gzip.GzipFile(fileobj=f) if path.endswith(".gz") else f
+
+
+def _lines(f: IO[bytes], stats: CorpusStats, max_line_bytes: int) -> Iterator[str]:
+    """Decoded lines; a line longer than ``max_line_bytes`` comes out in pieces split at spaces."""
+    buffered = io.BufferedReader(f, buffer_size=1 << 20) if not isinstance(f, io.BufferedReader) else f
+    carry = b""
+    while True:
+        raw = buffered.readline(max_line_bytes + 1 - len(carry))
+        if not raw and not carry:
+            return
+        stats.bytes += len(raw)
+        raw = carry + raw
+        carry = b""
+        if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+            cut = raw.rfind(b" ", 0, max_line_bytes)
+            if cut <= 0:  # no space: cut at a UTF-8 character boundary
+                cut = max_line_bytes
+                while cut > 0 and (raw[cut] & 0xC0) == 0x80:
+                    cut -= 1
+            raw, carry = raw[:cut], raw[cut:]
+            stats.skipped["long_line_pieces"] += 1
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError:
+            stats.skipped["invalid_utf8_lines"] += 1
+            yield raw.decode("utf-8", errors="replace")
+        if not raw and not carry:
+            return
+
+
+def _emit(doc: list[str], stats: CorpusStats) -> list[str] | None:
+    if not doc:
+        stats.skipped["empty_documents"] += 1
+        return None
+    stats.documents += 1
+    stats.sentences += len(doc)
+    return doc
+
+
+def read_text_file(path: str, stats: CorpusStats, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[list[str]]:
+    """The original BERT format: one sentence per line, blank lines between documents."""
+    with _open(path) as f:
+        doc: list[str] = []
+        blank_run = True
+        for line in _lines(f, stats, max_line_bytes):
+            line = line.strip()
+            if line:
+                doc.append(line)
+                blank_run = False
+            elif not blank_run:
+                if _emit(doc, stats) is not None:
+                    yield doc
+                doc, blank_run = [], True
+        if doc and _emit(doc, stats) is not None:
+            yield doc
+
+
+def read_jsonl_file(path: str, stats: CorpusStats, text_field: str = "text",
+                    max_line_bytes: int = 64 * MAX_LINE_BYTES) -> Iterator[list[str]]:
+    """JSON Lines: one document per line, its text under ``text_field``, split into sentences."""
+    with _open(path) as f:
+        for line in _lines(f, stats, max_line_bytes):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                stats.skipped["bad_json_lines"] += 1
+                continue
+            text = record.get(text_field) if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                stats.skipped[f"no_{text_field}_field"] += 1
+                continue
+            doc = _emit(split_sentences(text), stats)
+            if doc is not None:
+                yield doc
+
+
+def read_tfds(spec: str, stats: CorpusStats, text_field: str = "text") -> Iterator[list[str]]:
+    """``tfds:NAME[:SPLIT]`` through ``tfds.data_source`` (no TensorFlow needed); texts split into sentences."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise ImportError(f"{spec!r} needs tensorflow-datasets: pip install 'bertgpt_jax[tfds]'") from e
+    parts = spec.split(":")
+    name, split = parts[1], (parts[2] if len(parts) > 2 else "train")
+    source = tfds.data_source(name, split=split)
+    stats.files += 1
+    for i in range(len(source)):
+        value = source[i][text_field]
+        if isinstance(value, bytes):
+            stats.bytes += len(value)
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                stats.skipped["invalid_utf8_lines"] += 1
+                value = value.decode("utf-8", errors="replace")
+        doc = _emit(split_sentences(value), stats)
+        if doc is not None:
+            yield doc
+
+
+def read_documents(input_file: str, stats: CorpusStats | None = None, text_field: str = "text") -> Iterator[list[str]]:
+    """Streams the documents of ``input_file`` (see the module docstring for what it may name)."""
+    stats = stats if stats is not None else CorpusStats()
+    if input_file == DEFAULT:
+        input_file = DEFAULT_CORPUS
+    if input_file.startswith("tfds:"):
+        yield from read_tfds(input_file, stats, text_field)
+        return
+    for path in expand_paths(input_file):
+        stats.files += 1
+        base = path[:-3] if path.endswith(".gz") else path
+        if base.endswith(_JSON_SUFFIXES):
+            yield from read_jsonl_file(path, stats, text_field)
+        else:
+            yield from read_text_file(path, stats)
+
+
+def iter_sentences(input_file: str, stats: CorpusStats | None = None, text_field: str = "text") -> Iterator[str]:
+    """Every sentence of the corpus in order (what the vocabulary trainers read)."""
+    for doc in read_documents(input_file, stats, text_field):
+        yield from doc
+
+
+# -- the embedded default corpus --------------------------------------------------------------------
+
+def _docstring_paragraphs(text: str) -> Iterable[str]:
+    for para in re.split(r"\n\s*\n", text):
+        lines = [ln.strip() for ln in para.splitlines()]
+        # Code examples and tables read poorly as sentences.
+        if lines and not lines[0].startswith((">>>", "...", "+--", "|")):
+            yield " ".join(ln for ln in lines if ln)
+
+
+def python_documentation_documents() -> Iterator[list[str]]:
+    """Documents from the text that ships with Python: ``pydoc_data`` topics, then each stdlib module's
+    docstrings (module, classes, functions; read with ``ast``, nothing imported)."""
+    import ast
+    import sysconfig
+
+    from pydoc_data.topics import topics
+
+    for name in sorted(topics):
+        doc = [s for p in _docstring_paragraphs(topics[name]) for s in split_sentences(p)]
+        if doc:
+            yield doc
+    stdlib = sysconfig.get_paths()["stdlib"]
+    skip = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "turtledemo"}
+    for root, dirs, files in os.walk(stdlib):
+        dirs[:] = sorted(d for d in dirs if d not in skip)
+        for name in sorted(f for f in files if f.endswith(".py")):
+            try:
+                with open(os.path.join(root, name), encoding="utf-8") as f:
+                    tree = ast.parse(f.read())
+            except (SyntaxError, UnicodeDecodeError, ValueError):
+                continue
+            doc = []
+            nodes = [n for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+            for node in [tree] + sorted(nodes, key=lambda n: n.lineno):  # in source order
+                text = ast.get_docstring(node) or ""
+                doc.extend(s for p in _docstring_paragraphs(text) for s in split_sentences(p))
+            if len(doc) >= 2:
+                yield doc
+
+
+def build_default_corpus(path: str = DEFAULT_CORPUS) -> str:
+    """Writes the embedded corpus (BERT text format, gzip) from this Python's documentation.
+
+    The package ships the file built once (CPython 3.11 docs, PSF licence), so every machine sees the
+    same text; this rebuilds it.
+    """
+    tmp = path + ".tmp"
+    with gzip.GzipFile(tmp, "wb", mtime=0) as f:
+        for doc in python_documentation_documents():
+            f.write(("\n".join(doc) + "\n\n").encode("utf-8"))
+    os.replace(tmp, path)
+    return path
+
+
+if __name__ == "__main__":
+    print(build_default_corpus())

@@ -1,0 +1,252 @@
+"""GPT-2's byte-level BPE, run by tiktoken (Rust): loads ``.tiktoken`` rank files and ``vocab.json`` + ``merges.txt``.
+
+Ranks follow tiktoken's rule (merge the adjacent pair whose concatenation has the lowest rank). For GPT-2's
+own files that gives exactly GPT-2's ids; a ``vocab.json`` whose ids are not in merge order is handled by a
+rank -> id table. ``decode(encode(x)) == x`` for every string, since the ids spell out its UTF-8 bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+
+from bertgpt_jax.tokenization.base import Tokenizer, atomic_write_text, special_table, write_meta
+
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+ENDOFTEXT = "<|endoftext|>"
+# Names of special tokens as the common vocabularies spell them.
+SPECIAL_SPELLINGS = {"<|endoftext|>": "eos", "</s>": "eos", "[CLS]": "cls", "<s>": "cls", "[SEP]": "sep",
+                     "[MASK]": "mask", "<mask>": "mask", "[PAD]": "pad", "<pad>": "pad", "<|pad|>": "pad",
+                     "[UNK]": "unk", "<unk>": "unk"}
+
+
+@lru_cache(maxsize=1)
+def byte_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in character for each byte (a space is ``Ġ``), as in vocab.json."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def _token_text(token: bytes) -> str:
+    table = byte_to_unicode()
+    return "".join(table[b] for b in token)
+
+
+class ByteLevelBPETokenizer(Tokenizer):
+    """Byte-level BPE over ``ranks`` (token bytes -> rank) plus ``special_tokens`` (text -> id)."""
+
+    kind = "bpe"
+
+    def __init__(self, ranks: dict[bytes, int], special_tokens: dict[str, int], pattern: str = GPT2_PATTERN,
+                 rank_to_id: np.ndarray | None = None):
+        import tiktoken
+
+        super().__init__()
+        missing = [b for b in range(256) if bytes([b]) not in ranks]
+        if missing:
+            raise ValueError(f"byte-level BPE vocabulary lacks {len(missing)} single-byte tokens (e.g. byte "
+                             f"{missing[0]}); all 256 bytes are needed to encode any text")
+        self.ranks = dict(ranks)
+        self.special_tokens = dict(special_tokens)
+        self.pattern = pattern
+        self.enc = tiktoken.Encoding("bertgpt_jax", pat_str=pattern, mergeable_ranks=self.ranks,
+                                     special_tokens=self.special_tokens)
+        n_ranks = max(self.ranks.values()) + 1
+        self.rank_to_id = None if rank_to_id is None else np.asarray(rank_to_id, dtype=np.int64)
+        ids = (list(self.ranks.values()) if self.rank_to_id is None
+               else [int(self.rank_to_id[r]) for r in self.ranks.values()])
+        self._vocab_size = max(ids + list(self.special_tokens.values())) + 1
+        self.id_to_bytes: list[bytes | None] = [None] * self._vocab_size
+        for tok, r in self.ranks.items():
+            self.id_to_bytes[r if self.rank_to_id is None else int(self.rank_to_id[r])] = tok
+        self.id_to_special = {i: s for s, i in self.special_tokens.items()}
+        self.id_to_rank = None
+        if self.rank_to_id is not None:
+            self.id_to_rank = np.full(self._vocab_size, -1, np.int64)
+            self.id_to_rank[self.rank_to_id[:n_ranks]] = np.arange(n_ranks)
+        for text, i in self.special_tokens.items():
+            if text in SPECIAL_SPELLINGS and self.special[SPECIAL_SPELLINGS[text]] is None:
+                self.special[SPECIAL_SPELLINGS[text]] = i
+        # Byte length per id: sentence boundaries of a whole-document encoding come from these.
+        self.byte_lengths = np.array([len(b) if b is not None else 0 for b in self.id_to_bytes], np.int64)
+
+    # -- loading -------------------------------------------------------------------------------
+    @classmethod
+    def from_tiktoken_file(cls, path: str, special_tokens: dict[str, int] | None = None) -> "ByteLevelBPETokenizer":
+        """Loads a tiktoken rank file (``base64(token) rank`` per line); GPT-2's ``<|endoftext|>`` follows the
+        ranks unless ``special_tokens`` says otherwise."""
+        ranks = {}
+        with open(path, "rb") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    token, rank = line.split()
+                    ranks[base64.b64decode(token, validate=True)] = int(rank)
+                except ValueError as e:
+                    raise ValueError(f"{path}:{lineno}: not a tiktoken rank line (base64 token, space, rank): "
+                                     f"{line[:80]!r}") from e
+        if not ranks:
+            raise ValueError(f"{path} holds no ranks; a .tiktoken file has one 'base64 rank' line per token")
+        if special_tokens is None:
+            special_tokens = {ENDOFTEXT: max(ranks.values()) + 1}
+        return cls(ranks, special_tokens)
+
+    @classmethod
+    def from_vocab_merges(cls, vocab_path: str, merges_path: str) -> "ByteLevelBPETokenizer":
+        """Loads GPT-2 style ``vocab.json`` + ``merges.txt``; tokens not made of GPT-2's byte characters
+        (``<|endoftext|>``, ``[CLS]``...) become special tokens."""
+        if not os.path.exists(merges_path):
+            raise FileNotFoundError(f"{merges_path} is missing; a BPE vocab.json needs its merges.txt beside it")
+        with open(vocab_path, encoding="utf-8") as f:
+            vocab = json.load(f)
+        with open(merges_path, encoding="utf-8") as f:
+            merges = [tuple(line.rstrip("\r\n").split(" ")) for line in f
+                      if line.strip() and not line.startswith("#version")]
+        return cls._from_vocab_and_merges(vocab, merges, vocab_path)
+
+    @classmethod
+    def from_hf_json(cls, spec: dict, path: str = "tokenizer.json") -> "ByteLevelBPETokenizer":
+        model = spec["model"]
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+        vocab = dict(model["vocab"])
+        for added in spec.get("added_tokens", []):
+            vocab.setdefault(added["content"], added["id"])
+        return cls._from_vocab_and_merges(vocab, merges, path)
+
+    @classmethod
+    def _from_vocab_and_merges(cls, vocab: dict[str, int], merges: list[tuple], path: str):
+        decode = {c: b for b, c in byte_to_unicode().items()}
+        token_bytes, special = {}, {}
+        for text, i in vocab.items():
+            if all(c in decode for c in text):
+                token_bytes[text] = bytes(decode[c] for c in text)
+            else:
+                special[text] = int(i)
+        # tiktoken ranks: single bytes first, then each merge's result in merge order.
+        ranks, rank_ids = {}, []
+        for b in range(256):
+            text = byte_to_unicode()[b]
+            if text not in vocab:
+                raise ValueError(f"{path}: byte-level vocabulary lacks the single-byte token {text!r}")
+            ranks[bytes([b])] = b
+            rank_ids.append(int(vocab[text]))
+        for n, merge in enumerate(merges):
+            if len(merge) != 2:
+                raise ValueError(f"{path}: merge {n} {' '.join(merge)!r} is not two tokens")
+            merged = merge[0] + merge[1]
+            if merged not in token_bytes:
+                raise ValueError(f"{path}: merge {n} produces {merged!r}, which is not in the vocabulary")
+            if token_bytes[merged] in ranks:
+                continue
+            ranks[token_bytes[merged]] = len(rank_ids)
+            rank_ids.append(int(vocab[merged]))
+        rank_to_id = np.asarray(rank_ids, np.int64)
+        identity = bool(np.array_equal(rank_to_id, np.arange(len(rank_ids))))
+        return cls(ranks, special, rank_to_id=None if identity else rank_to_id)
+
+    @classmethod
+    def from_meta(cls, directory: str, meta: dict) -> "ByteLevelBPETokenizer":
+        tok = cls.from_tiktoken_file(os.path.join(directory, meta["ranks_file"]),
+                                     special_tokens={k: int(v) for k, v in meta["special_tokens"].items()})
+        if tok.pattern != meta["pattern"]:
+            tok = cls(tok.ranks, tok.special_tokens, pattern=meta["pattern"])
+        return tok
+
+    # -- the interface -------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    def _to_ids(self, ranks: list[int]) -> list[int]:
+        if self.rank_to_id is None:
+            return ranks
+        return self.rank_to_id[np.asarray(ranks, np.int64)].tolist()
+
+    def encode(self, text: str) -> list[int]:
+        # Text that looks like a special token is plain text: a corpus cannot inject <|endoftext|>.
+        return self._to_ids(self.enc.encode_ordinary(text))
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
+        return [self._to_ids(r) for r in self.enc.encode_ordinary_batch(list(texts), num_threads=num_threads)]
+
+    def encode_document(self, sentences: Sequence[str]) -> tuple[list[int], list[int]]:
+        """Encodes the sentences joined by newlines as one text (tiktoken is fast on long texts, slow on
+        many short ones); each sentence but the last keeps its newline token. Returns ``(ids, ends)``."""
+        ids = self.encode("\n".join(sentences))
+        if len(sentences) <= 1:
+            return ids, [len(ids)]
+        byte_ends = np.cumsum([len(s.encode("utf-8")) + 1 for s in sentences])
+        byte_ends[-1] -= 1
+        token_ends = np.cumsum(self.byte_lengths[np.asarray(ids, np.int64)])
+        where = np.searchsorted(token_ends, byte_ends)
+        if (where >= len(ids)).any() and len(ids) and where[-1] != len(ids) - 1 or not np.array_equal(
+                token_ends[np.minimum(where, len(ids) - 1)], byte_ends):
+            # A token spans a newline (sentences with outer whitespace): encode sentence by sentence.
+            parts = self.encode_batch([s + "\n" for s in sentences[:-1]] + [sentences[-1]])
+            ends = np.cumsum([len(p) for p in parts]).tolist()
+            return [i for p in parts for i in p], ends
+        return ids, (where + 1).tolist()
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        out = []
+        for i in ids:
+            i = int(i)
+            if i in self.id_to_special:
+                out.append(self.id_to_special[i].encode("utf-8"))
+            elif 0 <= i < self._vocab_size and self.id_to_bytes[i] is not None:
+                out.append(self.id_to_bytes[i])
+            else:
+                raise ValueError(f"token id {i} is not in this BPE vocabulary (size {self._vocab_size})")
+        return b"".join(out)
+
+    def id_to_token(self, index: int) -> str:
+        if index in self.id_to_special:
+            return self.id_to_special[index]
+        return _token_text(self.id_to_bytes[index])
+
+    def tokenize(self, text: str) -> list[str]:
+        return [self.id_to_token(i) for i in self.encode(text)]
+
+    def word_start_table(self) -> np.ndarray:
+        table = np.array([b is not None and b[:1] == b" " for b in self.id_to_bytes], dtype=bool)
+        return special_table(table, self.special)
+
+    def save(self, directory: str) -> str:
+        """Writes the ranks as ``bpe.tiktoken`` plus ``vocab.json`` / ``merges.txt``-free settings."""
+        os.makedirs(directory, exist_ok=True)
+        if self.rank_to_id is not None:  # store ids, not ranks, so the file alone reproduces the ids
+            ordered = sorted(self.ranks.items(), key=lambda kv: kv[1])
+            lines = [f"{base64.b64encode(tok).decode()} {int(self.rank_to_id[r])}" for tok, r in ordered]
+            ranks_are_ids = False
+        else:
+            lines = [f"{base64.b64encode(tok).decode()} {r}" for tok, r in sorted(self.ranks.items(),
+                                                                                   key=lambda kv: kv[1])]
+            ranks_are_ids = True
+        atomic_write_text(os.path.join(directory, "bpe.tiktoken"), "\n".join(lines) + "\n")
+        write_meta(directory, {"kind": self.kind, "ranks_file": "bpe.tiktoken", "pattern": self.pattern,
+                               "special_tokens": self.special_tokens, "ranks_are_ids": ranks_are_ids})
+        return directory
+
+    def _settings(self) -> dict:
+        return {"pattern": self.pattern, "special_tokens": self.special_tokens}
+
+    def _vocab_digest_items(self):
+        for tok, r in sorted(self.ranks.items(), key=lambda kv: kv[1]):
+            rid = r if self.rank_to_id is None else int(self.rank_to_id[r])
+            yield tok + b"\x00" + rid.to_bytes(4, "little")
