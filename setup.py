@@ -11,6 +11,8 @@ RUNTIME = [
     "grain==0.2.18",
     "array-record>=0.8",
     "tokenizers>=0.21",
+    # Byte-level BPE (GPT-2) runs on tiktoken's Rust core.
+    "tiktoken>=0.7",
     "sentencepiece>=0.2",
     "absl-py>=2.1",
     "safetensors>=0.4",
@@ -26,7 +28,6 @@ TEST = [
     # The CPU wheel lies on disk; an unpinned torch pulls a multi-GB CUDA build.
     "torch==2.13.0",
     "transformers>=5.0",
-    "tiktoken>=0.7",
 ]
 
 setup(
