@@ -12,9 +12,10 @@ import json
 import os
 
 from bertgpt_jax.tokenization.base import META_FILE, Tokenizer
+from bertgpt_jax.tokenization.train import KINDS, train_tokenizer
 from bertgpt_jax.tokenization.wordpiece import WordPieceTokenizer
 
-__all__ = ["Tokenizer", "WordPieceTokenizer", "from_file"]
+__all__ = ["KINDS", "Tokenizer", "WordPieceTokenizer", "from_file", "train_tokenizer"]
 
 _KNOWN = "vocab.txt, tokenizer.json, vocab.json + merges.txt, *.tiktoken, *.model, or a directory written by save()"
 

@@ -50,7 +50,7 @@ class ByteLevelBPETokenizer(Tokenizer):
     kind = "bpe"
 
     def __init__(self, ranks: dict[bytes, int], special_tokens: dict[str, int], pattern: str = GPT2_PATTERN,
-                 rank_to_id: np.ndarray | None = None):
+                 rank_to_id: np.ndarray | None = None, lowercase: bool = False):
         import tiktoken
 
         super().__init__()
@@ -61,6 +61,7 @@ class ByteLevelBPETokenizer(Tokenizer):
         self.ranks = dict(ranks)
         self.special_tokens = dict(special_tokens)
         self.pattern = pattern
+        self.lowercase = bool(lowercase)
         self.enc = tiktoken.Encoding("bertgpt_jax", pat_str=pattern, mergeable_ranks=self.ranks,
                                      special_tokens=self.special_tokens)
         n_ranks = max(self.ranks.values()) + 1
@@ -161,9 +162,8 @@ class ByteLevelBPETokenizer(Tokenizer):
     def from_meta(cls, directory: str, meta: dict) -> "ByteLevelBPETokenizer":
         tok = cls.from_tiktoken_file(os.path.join(directory, meta["ranks_file"]),
                                      special_tokens={k: int(v) for k, v in meta["special_tokens"].items()})
-        if tok.pattern != meta["pattern"]:
-            tok = cls(tok.ranks, tok.special_tokens, pattern=meta["pattern"])
-        return tok
+        return cls(tok.ranks, tok.special_tokens, pattern=meta["pattern"], lowercase=meta.get("lowercase", False),
+                   rank_to_id=meta.get("rank_to_id"))
 
     # -- the interface -------------------------------------------------------------------------
     @property
@@ -177,27 +177,29 @@ class ByteLevelBPETokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         # Text that looks like a special token is plain text: a corpus cannot inject <|endoftext|>.
-        return self._to_ids(self.enc.encode_ordinary(text))
+        return self._to_ids(self.enc.encode_ordinary(text.lower() if self.lowercase else text))
 
     def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
-        return [self._to_ids(r) for r in self.enc.encode_ordinary_batch(list(texts), num_threads=num_threads)]
+        texts = [t.lower() for t in texts] if self.lowercase else list(texts)
+        return [self._to_ids(r) for r in self.enc.encode_ordinary_batch(texts, num_threads=num_threads)]
 
     def encode_document(self, sentences: Sequence[str]) -> tuple[list[int], list[int]]:
         """Encodes the sentences joined by newlines as one text (tiktoken is fast on long texts, slow on
         many short ones); each sentence but the last keeps its newline token. Returns ``(ids, ends)``."""
-        ids = self.encode("\n".join(sentences))
+        if self.lowercase:
+            sentences = [s.lower() for s in sentences]
+        ids = self._to_ids(self.enc.encode_ordinary("\n".join(sentences)))
         if len(sentences) <= 1:
             return ids, [len(ids)]
         byte_ends = np.cumsum([len(s.encode("utf-8")) + 1 for s in sentences])
         byte_ends[-1] -= 1
         token_ends = np.cumsum(self.byte_lengths[np.asarray(ids, np.int64)])
-        where = np.searchsorted(token_ends, byte_ends)
-        if (where >= len(ids)).any() and len(ids) and where[-1] != len(ids) - 1 or not np.array_equal(
-                token_ends[np.minimum(where, len(ids) - 1)], byte_ends):
-            # A token spans a newline (sentences with outer whitespace): encode sentence by sentence.
-            parts = self.encode_batch([s + "\n" for s in sentences[:-1]] + [sentences[-1]])
-            ends = np.cumsum([len(p) for p in parts]).tolist()
-            return [i for p in parts for i in p], ends
+        where = np.searchsorted(token_ends, byte_ends)  # the token that ends each sentence's bytes
+        if len(ids) == 0 or where.max() >= len(ids) or not np.array_equal(token_ends[where], byte_ends):
+            # A token spans a sentence boundary (sentences with outer whitespace): encode one by one.
+            raw = [s + "\n" for s in sentences[:-1]] + [sentences[-1]]
+            parts = [self._to_ids(r) for r in self.enc.encode_ordinary_batch(raw, num_threads=1)]
+            return [i for p in parts for i in p], np.cumsum([len(p) for p in parts]).tolist()
         return ids, (where + 1).tolist()
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -228,23 +230,18 @@ class ByteLevelBPETokenizer(Tokenizer):
         return special_table(table, self.special)
 
     def save(self, directory: str) -> str:
-        """Writes the ranks as ``bpe.tiktoken`` plus ``vocab.json`` / ``merges.txt``-free settings."""
+        """Writes the ranks as ``bpe.tiktoken`` (tiktoken's format) plus the settings."""
         os.makedirs(directory, exist_ok=True)
-        if self.rank_to_id is not None:  # store ids, not ranks, so the file alone reproduces the ids
-            ordered = sorted(self.ranks.items(), key=lambda kv: kv[1])
-            lines = [f"{base64.b64encode(tok).decode()} {int(self.rank_to_id[r])}" for tok, r in ordered]
-            ranks_are_ids = False
-        else:
-            lines = [f"{base64.b64encode(tok).decode()} {r}" for tok, r in sorted(self.ranks.items(),
-                                                                                   key=lambda kv: kv[1])]
-            ranks_are_ids = True
+        lines = [f"{base64.b64encode(tok).decode()} {r}" for tok, r in sorted(self.ranks.items(), key=lambda kv: kv[1])]
         atomic_write_text(os.path.join(directory, "bpe.tiktoken"), "\n".join(lines) + "\n")
         write_meta(directory, {"kind": self.kind, "ranks_file": "bpe.tiktoken", "pattern": self.pattern,
-                               "special_tokens": self.special_tokens, "ranks_are_ids": ranks_are_ids})
+                               "special_tokens": self.special_tokens, "lowercase": self.lowercase,
+                               # ids differ from ranks when a vocab.json numbers tokens otherwise
+                               "rank_to_id": None if self.rank_to_id is None else self.rank_to_id.tolist()})
         return directory
 
     def _settings(self) -> dict:
-        return {"pattern": self.pattern, "special_tokens": self.special_tokens}
+        return {"pattern": self.pattern, "special_tokens": self.special_tokens, "lowercase": self.lowercase}
 
     def _vocab_digest_items(self):
         for tok, r in sorted(self.ranks.items(), key=lambda kv: kv[1]):
