@@ -1,0 +1,406 @@
+"""The tokenization stage: a raw corpus -> a token store (sharded ArrayRecord + manifest.json).
+
+    python -m bertgpt_jax.create_pretraining_data --input_file=default --output_dir=/tmp/store \\
+        [--vocab_file=vocab.txt | --train_tokenizer=wordpiece --vocab_size=8192] [--do_lower_case]
+
+Streams the corpus with bounded memory, tokenizes on every core (a process pool fed in order), and writes
+each split as a run of shards of about ``max_shard_tokens`` tokens. A shard is finished atomically (temporary
+name, then its stats file, then the rename), so a re-run resumes after the last finished shard of each split
+instead of tokenizing everything again; ``manifest.json`` is written last. Documents go to train or
+validation by a keyed hash of their text, so the split does not depend on order or on the worker count.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from bertgpt_jax.data import corpus, token_store
+from bertgpt_jax.tokenization.base import Tokenizer
+
+SPLITS = ("train", "validation")
+RUN_FILE = "run.json"
+_HASH_RANGE = 1 << 32
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig:
+    """The settings that decide the store's contents (a re-run must match them to resume)."""
+
+    input_file: str
+    validation_fraction: float
+    split_seed: int
+    max_shard_tokens: int
+    text_field: str
+    fingerprint: str
+
+
+def shard_file(split: str, index: int) -> str:
+    # The count is unknown while streaming, so names carry only the index; the manifest lists them.
+    return f"{split}-{index:05d}.array_record"
+
+
+def split_of(doc: Sequence[str], validation_fraction: float, seed: int) -> str:
+    """``train`` or ``validation`` by a keyed hash of the document's text: stable across runs and orders."""
+    h = hashlib.blake2b("\n".join(doc).encode("utf-8", "surrogatepass"), digest_size=4,
+                        key=seed.to_bytes(8, "little"))
+    return "validation" if int.from_bytes(h.digest(), "little") < validation_fraction * _HASH_RANGE else "train"
+
+
+# -- tokenizing, in worker processes ----------------------------------------------------------------
+
+_WORKER_TOKENIZER: Tokenizer | None = None
+
+
+def _init_worker(tokenizer_dir: str) -> None:
+    global _WORKER_TOKENIZER
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one worker per core already
+    from bertgpt_jax import tokenization
+
+    _WORKER_TOKENIZER = tokenization.from_file(tokenizer_dir)
+
+
+def encode_documents(tokenizer: Tokenizer, docs: Sequence[Sequence[str]], dtype: np.dtype) -> list[tuple]:
+    """Tokenizes documents into store records: ``(record | None, sentences, tokens, empty_sentences)`` each.
+
+    Sentences that produce no token are dropped (counted); a document left without tokens gives None.
+    """
+    if hasattr(tokenizer, "encode_document"):  # whole-document encoding (byte-level BPE)
+        encoded = [tokenizer.encode_document(doc) for doc in docs]
+        per_doc = []
+        for ids, ends in encoded:
+            starts = [0] + list(ends[:-1])
+            per_doc.append([ids[s:e] for s, e in zip(starts, ends)])
+    else:
+        flat = tokenizer.encode_batch([s for doc in docs for s in doc])
+        per_doc, k = [], 0
+        for doc in docs:
+            per_doc.append(flat[k:k + len(doc)])
+            k += len(doc)
+    out = []
+    for sentences in per_doc:
+        kept = [s for s in sentences if len(s)]
+        if not kept:
+            out.append((None, 0, 0, len(sentences)))
+            continue
+        ends = np.cumsum([len(s) for s in kept])
+        tokens = np.fromiter((i for s in kept for i in s), dtype=np.int64, count=int(ends[-1]))
+        out.append((token_store.encode_document(tokens, ends, dtype), len(kept), int(ends[-1]),
+                    len(sentences) - len(kept)))
+    return out
+
+
+def _encode_chunk(args) -> list[tuple]:
+    docs, dtype = args
+    return encode_documents(_WORKER_TOKENIZER, docs, np.dtype(dtype))
+
+
+# -- writing shards -----------------------------------------------------------------------------------
+
+class _SplitWriter:
+    """Writes one split as consecutive shards; a shard is finished once it holds ``max_tokens`` tokens."""
+
+    def __init__(self, store_dir: str, split: str, max_tokens: int, first_index: int, config_key: str):
+        self.store_dir, self.split, self.max_tokens, self.config_key = store_dir, split, max_tokens, config_key
+        self.index = first_index
+        self.writer = None
+        self._reset()
+
+    def _reset(self):
+        self.stats = {"documents": 0, "sentences": 0, "tokens": 0, "empty_sentences": 0,
+                      "empty_token_documents": 0}
+
+    def write(self, record: bytes | None, sentences: int, tokens: int, empty_sentences: int, doc_index: int):
+        self.stats["empty_sentences"] += empty_sentences
+        if record is None:
+            self.stats["empty_token_documents"] += 1
+        else:
+            if self.writer is None:
+                from array_record.python.array_record_module import ArrayRecordWriter
+
+                self.path = os.path.join(self.store_dir, shard_file(self.split, self.index))
+                self.writer = ArrayRecordWriter(self.path + ".tmp", "group_size:1")
+            self.writer.write(record)
+            self.stats["documents"] += 1
+            self.stats["sentences"] += sentences
+            self.stats["tokens"] += tokens
+        self.last_doc = doc_index
+        if self.stats["tokens"] >= self.max_tokens:
+            self.finish()
+
+    def finish(self) -> None:
+        """Closes the open shard: stats file first, then the rename that makes the shard count as done."""
+        if self.writer is None:
+            return
+        self.writer.close()
+        self.writer = None
+        meta = {**self.stats, "split": self.split, "index": self.index, "end_doc": self.last_doc + 1,
+                "config": self.config_key}
+        _write_json(self.path + ".json", meta)
+        os.replace(self.path + ".tmp", self.path)
+        self.index += 1
+        self._reset()
+
+    def carry_counts(self) -> dict:
+        # Skips seen after the last shard closed (documents that gave no token) still count.
+        return {k: self.stats[k] for k in ("empty_sentences", "empty_token_documents")}
+
+
+def _write_json(path: str, obj: dict) -> None:
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def _finished_shards(store_dir: str, split: str, config_key: str) -> list[dict]:
+    """The consecutive finished shards of a split from an earlier run with the same settings."""
+    done = []
+    while True:
+        path = os.path.join(store_dir, shard_file(split, len(done)))
+        if not (os.path.exists(path) and os.path.exists(path + ".json")):
+            return done
+        with open(path + ".json", encoding="utf-8") as f:
+            meta = json.load(f)
+        if meta.get("config") != config_key:
+            return done
+        done.append(meta)
+
+
+# -- the stage ----------------------------------------------------------------------------------------
+
+def _resolve_tokenizer(output_dir: str, input_file: str, tokenizer, vocab_file, train_tokenizer: str,
+                       vocab_size: int, do_lower_case: bool, text_field: str, train_max_sentences) -> Tokenizer:
+    from bertgpt_jax import tokenization
+
+    tok_dir = os.path.join(output_dir, token_store.TOKENIZER_DIR)
+    if tokenizer is None and vocab_file:
+        tokenizer = tokenization.from_file(vocab_file, do_lower_case=do_lower_case)
+    if tokenizer is None and os.path.isdir(tok_dir):
+        return tokenization.from_file(tok_dir)  # a re-run keeps the vocabulary it trained before
+    if tokenizer is None:
+        print(f"[create_pretraining_data] training a {train_tokenizer} vocabulary of {vocab_size} on "
+              f"{input_file}", file=sys.stderr, flush=True)
+        sentences = corpus.iter_sentences(input_file, text_field=text_field)
+        if train_max_sentences:
+            import itertools
+
+            sentences = itertools.islice(sentences, train_max_sentences)
+        tokenizer = tokenization.train_tokenizer(sentences, kind=train_tokenizer, vocab_size=vocab_size,
+                                                 do_lower_case=do_lower_case)
+    if os.path.isdir(tok_dir):
+        if tokenization.from_file(tok_dir).fingerprint != tokenizer.fingerprint:
+            raise ValueError(f"{output_dir} holds a store made with another tokenizer ({tok_dir}); "
+                             "write to a new output_dir or delete this one")
+    else:
+        tmp = tok_dir + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tokenizer.save(tmp)
+        os.replace(tmp, tok_dir)
+    return tokenizer
+
+
+def _chunks(docs: Iterator[tuple[int, str, list[str]]], chunk_bytes: int) -> Iterator[list]:
+    chunk, size = [], 0
+    for item in docs:
+        chunk.append(item)
+        size += sum(len(s) for s in item[2]) + len(item[2])
+        if size >= chunk_bytes:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def _total_bytes(input_file: str) -> int | None:
+    """Sum of the input files' sizes, for the progress bar's ETA (None when unknown: gzip, gs://, tfds)."""
+    if input_file.startswith("tfds:"):
+        return None
+    paths = corpus.expand_paths(corpus.DEFAULT_CORPUS if input_file == corpus.DEFAULT else input_file)
+    if any(p.endswith(".gz") or "://" in p for p in paths):
+        return None
+    return sum(os.path.getsize(p) for p in paths)
+
+
+def create_token_store(input_file: str = corpus.DEFAULT, output_dir: str = "", *, vocab_file: str | None = None,
+                       tokenizer: Tokenizer | None = None, train_tokenizer: str = "wordpiece",
+                       vocab_size: int = 8192, do_lower_case: bool = True, validation_fraction: float = 0.02,
+                       split_seed: int = 0, max_shard_tokens: int = 1 << 26, num_workers: int | None = None,
+                       text_field: str = "text", chunk_bytes: int = 1 << 20, train_max_sentences: int | None = None,
+                       progress: bool = True) -> str:
+    """Tokenizes ``input_file`` into a token store in ``output_dir`` and returns ``output_dir``.
+
+    The tokenizer is ``tokenizer``, else loaded from ``vocab_file``, else (when neither is given) trained on
+    the corpus: ``train_tokenizer`` (wordpiece | bpe | sentencepiece) with ``vocab_size`` and ``do_lower_case``.
+    ``num_workers`` tokenizing processes (default: every core; 0 tokenizes in this process).
+    """
+    if not output_dir:
+        raise ValueError("output_dir is required: the directory the token store is written to")
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction {validation_fraction} must be in [0, 1)")
+    if max_shard_tokens < 1:
+        raise ValueError(f"max_shard_tokens {max_shard_tokens} must be positive")
+    if not input_file.startswith("tfds:") and input_file != corpus.DEFAULT:
+        corpus.expand_paths(input_file)  # a missing input fails now, before any vocabulary training
+    os.makedirs(output_dir, exist_ok=True)
+    args = {"input_file": input_file, "vocab_file": vocab_file, "train_tokenizer": train_tokenizer,
+            "vocab_size": vocab_size, "do_lower_case": do_lower_case, "validation_fraction": validation_fraction,
+            "split_seed": split_seed, "max_shard_tokens": max_shard_tokens, "text_field": text_field}
+    manifest_path = os.path.join(output_dir, token_store.MANIFEST)
+    tok = _resolve_tokenizer(output_dir, input_file, tokenizer, vocab_file, train_tokenizer, vocab_size,
+                             do_lower_case, text_field, train_max_sentences)
+    config = StageConfig(input_file, float(validation_fraction), int(split_seed), int(max_shard_tokens),
+                         text_field, tok.fingerprint)
+    config_key = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:16]
+    if os.path.exists(manifest_path):
+        with open(manifest_path, encoding="utf-8") as f:
+            if json.load(f).get("config_key") == config_key:
+                return output_dir  # complete already
+        raise ValueError(f"{output_dir} holds a complete token store made with other settings; write to a "
+                         "new output_dir or delete this one")
+    dtype = token_store.token_dtype(tok.vocab_size)
+    done = {s: _finished_shards(output_dir, s, config_key) for s in SPLITS}
+    resume = {s: (done[s][-1]["end_doc"] if done[s] else 0) for s in SPLITS}
+    writers = {s: _SplitWriter(output_dir, s, max_shard_tokens, len(done[s]), config_key) for s in SPLITS}
+    stats = corpus.CorpusStats()
+    _write_json(os.path.join(output_dir, RUN_FILE), {"args": args, "config": dataclasses.asdict(config),
+                                                      "config_key": config_key})
+
+    def todo() -> Iterator[tuple[int, str, list[str]]]:
+        for i, doc in enumerate(corpus.read_documents(input_file, stats, text_field)):
+            split = split_of(doc, validation_fraction, split_seed)
+            if i >= resume[split]:  # documents in finished shards are not tokenized again
+                yield i, split, doc
+
+    workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+    bar = _progress(progress, _total_bytes(input_file))
+    started = time.perf_counter()
+    pool = None
+    try:
+        if workers > 0:
+            # fork is cheap, but not under a live JAX runtime (the trainer's demo calls this): then spawn.
+            method = "spawn" if "jax" in sys.modules else "fork"
+            pool = multiprocessing.get_context(method).Pool(
+                workers, initializer=_init_worker, initargs=(os.path.join(output_dir, token_store.TOKENIZER_DIR),))
+        inflight = collections.deque()
+
+        def drain(block_until: int) -> None:
+            while len(inflight) > block_until:
+                chunk, result = inflight.popleft()
+                encoded = result.get() if pool is not None else result
+                for (i, split, _), rec in zip(chunk, encoded):
+                    writers[split].write(*rec, doc_index=i)
+                if bar is not None:
+                    bar.update(stats.bytes - bar.n)
+
+        for chunk in _chunks(todo(), chunk_bytes):
+            docs = [doc for _, _, doc in chunk]
+            if pool is not None:
+                inflight.append((chunk, pool.apply_async(_encode_chunk, ((docs, dtype.str),))))
+                drain(2 * workers)  # bounded memory: only a few chunks in flight
+            else:
+                inflight.append((chunk, encode_documents(tok, docs, dtype)))
+                drain(0)
+        drain(0)
+        for w in writers.values():
+            w.finish()
+    finally:
+        if pool is not None:
+            pool.terminate()
+        if bar is not None:
+            bar.close()
+    return _write_store_manifest(output_dir, tok, dtype, config_key, args, stats, writers,
+                                 time.perf_counter() - started)
+
+
+def _progress(enabled: bool, total: int | None):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="tokenizing", smoothing=0.1,
+                dynamic_ncols=True)
+
+
+def _write_store_manifest(output_dir, tok, dtype, config_key, args, stats, writers, seconds) -> str:
+    splits, skipped = {}, collections.Counter(stats.skipped)
+    for split in SPLITS:
+        shards = _finished_shards(output_dir, split, config_key)
+        info = {"shards": [], "documents": 0, "sentences": 0, "tokens": 0}
+        for meta in shards:
+            info["shards"].append(shard_file(split, meta["index"]))
+            for k in ("documents", "sentences", "tokens"):
+                info[k] += meta[k]
+            skipped["sentences_without_tokens"] += meta["empty_sentences"]
+            skipped["documents_without_tokens"] += meta["empty_token_documents"]
+        carry = writers[split].carry_counts()
+        skipped["sentences_without_tokens"] += carry["empty_sentences"]
+        skipped["documents_without_tokens"] += carry["empty_token_documents"]
+        splits[split] = info
+    token_store.write_manifest(output_dir, {
+        "dtype": dtype.str, "splits": splits, "tokenizer": tok.info(), "config_key": config_key,
+        "input": {"files": stats.files, "bytes": stats.bytes, "documents": stats.documents,
+                  "sentences": stats.sentences},
+        "skipped": {k: v for k, v in sorted(skipped.items()) if v}, "args": args,
+        "seconds": round(seconds, 3)})
+    return output_dir
+
+
+build_store = create_token_store  # the name the trainer's demo calls
+
+
+def main(argv) -> None:
+    del argv
+    from absl import flags
+
+    F = flags.FLAGS
+    out = create_token_store(
+        F.input_file, F.output_dir, vocab_file=F.vocab_file, train_tokenizer=F.train_tokenizer,
+        vocab_size=F.vocab_size, do_lower_case=F.do_lower_case, validation_fraction=F.validation_fraction,
+        split_seed=F.random_seed, max_shard_tokens=F.max_shard_tokens, num_workers=F.num_workers,
+        text_field=F.text_field, train_max_sentences=F.train_max_sentences)
+    with open(os.path.join(out, token_store.MANIFEST), encoding="utf-8") as f:
+        manifest = json.load(f)
+    for split, info in manifest["splits"].items():
+        print(f"{split}: {info['documents']} documents, {info['sentences']} sentences, {info['tokens']} tokens "
+              f"in {len(info['shards'])} shards")
+    print(f"skipped: {manifest['skipped'] or 'nothing'}; tokenizer {manifest['tokenizer']['kind']} "
+          f"(vocab {manifest['tokenizer']['vocab_size']}) -> {out}")
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("input_file", corpus.DEFAULT, "Input: text files (one sentence per line, blank line "
+                        "between documents), JSONL, .gz, globs, comma lists, gs://, tfds:NAME[:SPLIT], or "
+                        "'default' (the embedded Python documentation corpus).")
+    flags.DEFINE_string("output_dir", None, "Directory of the token store to write.")
+    flags.DEFINE_string("vocab_file", None, "Tokenizer to use (vocab.txt, tokenizer.json, *.tiktoken, *.model, "
+                        "a saved directory); when absent one is trained on the corpus.")
+    flags.DEFINE_bool("do_lower_case", True, "Lower-case the input (WordPiece vocab.txt, and training).")
+    flags.DEFINE_enum("train_tokenizer", "wordpiece", ["wordpiece", "bpe", "sentencepiece"],
+                      "Kind of tokenizer to train when no vocab_file is given.")
+    flags.DEFINE_integer("vocab_size", 8192, "Vocabulary size when training a tokenizer.")
+    flags.DEFINE_integer("train_max_sentences", None, "Train the vocabulary on at most this many sentences.")
+    flags.DEFINE_float("validation_fraction", 0.02, "Fraction of documents held out for validation.")
+    flags.DEFINE_integer("random_seed", 12345, "Key of the hash that splits documents.")
+    flags.DEFINE_integer("max_shard_tokens", 1 << 26, "A shard is closed once it holds this many tokens.")
+    flags.DEFINE_integer("num_workers", None, "Tokenizing processes (default: one per core).")
+    flags.DEFINE_string("text_field", "text", "JSONL/TFDS field that holds the text.")
+    flags.mark_flag_as_required("output_dir")
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)
