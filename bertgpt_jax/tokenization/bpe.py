@@ -130,9 +130,12 @@ class ByteLevelBPETokenizer(Tokenizer):
     @classmethod
     def _from_vocab_and_merges(cls, vocab: dict[str, int], merges: list[tuple], path: str):
         decode = {c: b for b, c in byte_to_unicode().items()}
+        # Learned tokens are the single bytes and what the merges make; anything else
+        # (<|endoftext|>, [CLS]...) is a special token, even when spelled in byte characters.
+        learned = set(byte_to_unicode().values()) | {m[0] + m[1] for m in merges if len(m) == 2}
         token_bytes, special = {}, {}
         for text, i in vocab.items():
-            if all(c in decode for c in text):
+            if text in learned and all(c in decode for c in text):
                 token_bytes[text] = bytes(decode[c] for c in text)
             else:
                 special[text] = int(i)
