@@ -24,7 +24,7 @@ DEFAULT_CORPUS = os.path.join(os.path.dirname(__file__), "default_corpus", "pyth
 MAX_LINE_BYTES = 1 << 20
 _JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 # A sentence ends at . ! or ? followed by space and an opening capital, digit, quote or bracket.
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]?[A-Z0-9])")
 
 
 @dataclasses.dataclass
