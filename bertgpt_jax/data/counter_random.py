@@ -33,19 +33,22 @@ def row_keys(seed: int, index_B: np.ndarray, epoch_B: np.ndarray | int = 0) -> n
         return mix(k ^ (epoch_B + _M1))
 
 
-def bits(keys_B: np.ndarray, stream: int, length: int) -> np.ndarray:
-    """uint64 [B, length] random bits for stream ``stream`` of each row."""
+def bits(keys_B: np.ndarray, stream: int, positions) -> np.ndarray:
+    """uint64 random bits of stream ``stream`` of each row at ``positions``: an int (all of
+    ``0..positions-1``, giving [B, positions]) or an int array [B, K] (giving [B, K])."""
+    if np.isscalar(positions):
+        positions = np.arange(int(positions))[None, :]
     with np.errstate(over="ignore"):
         base_B = mix(keys_B ^ np.uint64(stream * 0x632BE59BD9B4E019 & 0xFFFFFFFFFFFFFFFF))
-        pos_L = np.arange(1, length + 1, dtype=np.uint64) * _GOLDEN
-        return mix(base_B[:, None] + pos_L[None, :])
+        pos = (np.asarray(positions, np.int64) + 1).astype(np.uint64) * _GOLDEN
+        return mix(base_B[:, None] + pos)
 
 
-def uniform(keys_B: np.ndarray, stream: int, length: int) -> np.ndarray:
-    """float64 [B, length] uniform in [0, 1)."""
-    return (bits(keys_B, stream, length) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+def uniform(keys_B: np.ndarray, stream: int, positions) -> np.ndarray:
+    """float64 uniform in [0, 1), shaped as :func:`bits`."""
+    return (bits(keys_B, stream, positions) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
-def integers(keys_B: np.ndarray, stream: int, length: int, high: int) -> np.ndarray:
-    """int64 [B, length] uniform in [0, high) (bias below 2**-40 for any vocabulary size)."""
-    return ((bits(keys_B, stream, length) >> np.uint64(24)) % np.uint64(high)).astype(np.int64)
+def integers(keys_B: np.ndarray, stream: int, positions, high: int) -> np.ndarray:
+    """int64 uniform in [0, high) (bias below 2**-40 for any vocabulary size), shaped as :func:`bits`."""
+    return ((bits(keys_B, stream, positions) >> np.uint64(24)) % np.uint64(high)).astype(np.int64)

@@ -44,34 +44,35 @@ def mask_batch(input_ids_BxT: np.ndarray, candidates_BxT: np.ndarray, lengths_B:
     B, T = ids_BxT.shape
     k_B = np.minimum(num_to_predict(lengths_B, masked_lm_prob, max_predictions), T)
     u_BxT = counter_random.uniform(keys_B, _SELECT, T)
-    decide_BxT = counter_random.uniform(keys_B, _DECIDE, T)
-
     if word_start_BxT is None:
         score_BxT = np.where(cand_BxT, u_BxT, 2.0)
-        kth_B = np.take_along_axis(np.sort(score_BxT, axis=1), (k_B - 1)[:, None], axis=1)
-        chosen_BxT = cand_BxT & (score_BxT <= kth_B)
+        kth_B = np.sort(score_BxT, axis=1)[np.arange(B), k_B - 1]
+        chosen_BxT = cand_BxT & (score_BxT <= kth_B[:, None])
+        start_BxT = None
     else:
         chosen_BxT, start_BxT = _choose_words(cand_BxT, np.asarray(word_start_BxT, bool), u_BxT, k_B)
-        # One decision per word: every piece reads the draw at its word's first piece.
-        decide_BxT = np.take_along_axis(decide_BxT, start_BxT, axis=1)
-
-    replace_BxT = counter_random.integers(keys_B, _REPLACE, T, vocab_size).astype(ids_BxT.dtype)
-    to_mask = chosen_BxT & (decide_BxT < MASK_PROB)
-    to_random = chosen_BxT & (decide_BxT >= MASK_PROB + KEEP_PROB)
-    out_ids_BxT = np.where(to_mask, np.asarray(mask_token_id, ids_BxT.dtype),
-                           np.where(to_random, replace_BxT, ids_BxT))
 
     # Chosen positions first, in ascending order (stable sort of "not chosen").
-    order_BxT = np.argsort(~chosen_BxT, axis=1, kind="stable")
     P = max_predictions
+    order_BxT = np.argsort(~chosen_BxT, axis=1, kind="stable")
     if P > T:
         order_BxT = np.pad(order_BxT, ((0, 0), (0, P - T)))
-    order_BxP = order_BxT[:, :P]
+    pos_BxP = order_BxT[:, :P]
     valid_BxP = np.arange(P)[None, :] < chosen_BxT.sum(axis=1)[:, None]
+    rows_BxP = np.broadcast_to(np.arange(B)[:, None], (B, P))
+    # The 80/10/10 draw sits at the position itself, or at its word's first piece (one decision per word).
+    decide_at = pos_BxP if start_BxT is None else start_BxT[rows_BxP, pos_BxP]
+    decide_BxP = counter_random.uniform(keys_B, _DECIDE, decide_at)
+    replace_BxP = counter_random.integers(keys_B, _REPLACE, pos_BxP, vocab_size)
+    original_BxP = ids_BxT[rows_BxP, pos_BxP]
+    shown_BxP = np.where(decide_BxP < MASK_PROB, mask_token_id,
+                         np.where(decide_BxP < MASK_PROB + KEEP_PROB, original_BxP, replace_BxP))
+    out_ids_BxT = ids_BxT.copy()
+    out_ids_BxT[rows_BxP[valid_BxP], pos_BxP[valid_BxP]] = shown_BxP[valid_BxP]
     return {
         "input_ids": out_ids_BxT,
-        "masked_lm_positions": np.where(valid_BxP, order_BxP, 0).astype(np.int32),
-        "masked_lm_ids": np.where(valid_BxP, np.take_along_axis(ids_BxT, order_BxP, axis=1), 0).astype(np.int32),
+        "masked_lm_positions": np.where(valid_BxP, pos_BxP, 0).astype(np.int32),
+        "masked_lm_ids": np.where(valid_BxP, original_BxP, 0).astype(np.int32),
         "masked_lm_weights": valid_BxP.astype(np.float32),
     }
 
@@ -93,10 +94,14 @@ def _choose_words(cand_BxT: np.ndarray, word_start_BxT: np.ndarray, u_BxT: np.nd
     is_word_sorted_BxT = np.take_along_axis(starts_BxT, order_BxT, axis=1)
     count_B = np.zeros(B, np.int64)
     take_sorted_BxT = np.zeros((B, T), bool)
-    for r in range(int(starts_BxT.sum(axis=1).max(initial=0))):
+    words_B = starts_BxT.sum(axis=1)
+    for r in range(int(words_B.max(initial=0))):
         fits_B = is_word_sorted_BxT[:, r] & (count_B + len_sorted_BxT[:, r] <= k_B)
         count_B += np.where(fits_B, len_sorted_BxT[:, r], 0)
         take_sorted_BxT[:, r] = fits_B
+        # Rows that are full (or out of words) take nothing more; stop once all of them are.
+        if r % 4 == 3 and np.all((count_B >= k_B) | (words_B <= r + 1)):
+            break
     take_start_BxT = np.zeros((B, T), bool)
     np.put_along_axis(take_start_BxT, order_BxT, take_sorted_BxT, axis=1)
     chosen_BxT = cand_BxT & np.take_along_axis(take_start_BxT, start_BxT, axis=1)
