@@ -27,41 +27,44 @@ MAX_INPUT_CHARS_PER_WORD = 200
 _SPECIAL_TOKENS = {"cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]", "pad": "[PAD]", "unk": "[UNK]"}
 
 
-def _char_class(predicate) -> str:
-    """A regex character class of every code point where ``predicate(char)`` holds."""
-    ranges, start = [], None
-    for cp in range(0x110001):
-        inside = cp < 0x110000 and not 0xD800 <= cp < 0xE000 and predicate(chr(cp))
-        if inside and start is None:
-            start = cp
-        elif not inside and start is not None:
-            ranges.append(f"\\x{{{start:x}}}" + (f"-\\x{{{cp - 1:x}}}" if cp - 1 > start else ""))
-            start = None
-    return "[" + "".join(ranges) + "]"
-
-
-# BERT's character classes, taken from Python's ``unicodedata`` as the reference implementation does: the
-# Rust normalizer's own tables are of another Unicode version and drop other categories (checked over every
-# code point in tests/test_tokenization.py).
-def _is_dropped(c: str) -> bool:  # BERT's _clean_text: NUL, U+FFFD and _is_control characters
-    return c in "\x00\ufffd" or (c not in "\t\n\r" and unicodedata.category(c).startswith("C"))
-
-
-def _is_space(c: str) -> bool:  # BERT's _is_whitespace (tabs and newlines included)
-    return c in " \t\n\r" or unicodedata.category(c) == "Zs"
-
-
-def _is_punctuation(c: str) -> bool:  # BERT's _is_punctuation: all ASCII non-alphanumerics count
-    cp = ord(c)
-    return 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126 or \
-        unicodedata.category(c).startswith("P")
+def _ranges_to_class(ranges: list[tuple[int, int]]) -> str:
+    return "[" + "".join(f"\\x{{{a:x}}}" + (f"-\\x{{{b:x}}}" if b > a else "") for a, b in ranges) + "]"
 
 
 @lru_cache(maxsize=1)
 def _classes() -> dict[str, str]:
-    return {"drop": _char_class(_is_dropped), "space": _char_class(_is_space),
-            "punct": _char_class(_is_punctuation),
-            "accent": _char_class(lambda c: unicodedata.category(c) == "Mn")}
+    """BERT's character classes as regex classes, taken from Python's ``unicodedata`` as the reference
+    implementation does: the Rust normalizer's own tables are of another Unicode version and treat some
+    categories otherwise (checked over the code points in tests/test_tokenization.py).
+
+    drop: NUL, U+FFFD and every category C* but tab/newline/return (``_clean_text``/``_is_control``);
+    space: space, tab, newline, return and Zs (``_is_whitespace``); punct: ASCII non-alphanumerics and P*
+    (``_is_punctuation``); accent: Mn (what ``_run_strip_accents`` drops after NFD).
+    """
+    ascii_punct = set(range(33, 48)) | set(range(58, 65)) | set(range(91, 97)) | set(range(123, 127))
+    ranges: dict[str, list] = {"drop": [], "space": [], "punct": [], "accent": []}
+    category = unicodedata.category
+    for cp in range(0x110000):
+        if 0xD800 <= cp < 0xE000:
+            continue
+        c = chr(cp)
+        cat = category(c)
+        if c in "\t\n\r " or cat == "Zs":
+            name = "space"
+        elif cp == 0 or cp == 0xFFFD or cat[0] == "C":
+            name = "drop"
+        elif cp in ascii_punct or cat[0] == "P":
+            name = "punct"
+        elif cat == "Mn":
+            name = "accent"
+        else:
+            continue
+        spans = ranges[name]
+        if spans and spans[-1][1] == cp - 1:
+            spans[-1][1] = cp
+        else:
+            spans.append([cp, cp])
+    return {name: _ranges_to_class(spans) for name, spans in ranges.items()}
 
 
 def _normalizer(do_lower_case: bool):
