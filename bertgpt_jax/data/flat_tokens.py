@@ -46,9 +46,12 @@ class FlatSplit:
 
 
 def cache_key(store: token_store.TokenStore, split: str) -> str:
-    """A short digest of what the cache depends on: the split's manifest entry and the tokenizer."""
+    """A short digest of what the cache depends on: the split's manifest entry, the tokenizer, and each
+    shard's size and modification time (a store rewritten in place gets a fresh cache)."""
+    files = [(os.path.getsize(p), os.stat(p).st_mtime_ns) for p in store.shard_paths(split)]
     payload = json.dumps({"split": store.manifest["splits"][split], "dtype": str(store.dtype),
-                          "fingerprint": store.tokenizer_info.get("fingerprint")}, sort_keys=True)
+                          "fingerprint": store.tokenizer_info.get("fingerprint"), "files": files},
+                         sort_keys=True)
     return hashlib.sha1(payload.encode()).hexdigest()[:16]
 
 
