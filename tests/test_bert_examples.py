@@ -245,6 +245,16 @@ def test_whole_word_masking_masks_whole_words_with_one_decision_per_word(store):
     assert abs(kept - 0.1) < 0.01, kept
 
 
+def test_more_prediction_slots_than_tokens_are_padded(store):
+    ds = data.bert_dataset(store, "train", max_seq_length=8, max_predictions_per_seq=12, masked_lm_prob=0.5)
+    batch = ds.examples(np.arange(200))
+    w = batch["masked_lm_weights"] > 0
+    assert batch["masked_lm_positions"].shape == (200, 12)
+    assert np.array_equal(w.sum(1), np.minimum(masking.num_to_predict(batch["input_mask"].sum(1), 0.5, 12),
+                                               batch["input_mask"].sum(1) - 3))
+    assert np.all(w[:, 5:] == 0) and np.all(batch["masked_lm_positions"][~w] == 0)
+
+
 def test_static_masks_repeat_across_epochs_and_dynamic_masks_do_not(store):
     kwargs = dict(max_seq_length=T, max_predictions_per_seq=P, seed=1)
     static = data.bert_dataset(store, "train", dynamic_masking=False, **kwargs)
@@ -293,5 +303,8 @@ def test_bad_input_is_reported_before_training(store, tmp_path):
         data.bert_dataset(store, "empty", **kwargs)
     with pytest.raises(ValueError, match="no split 'test'"):
         data.bert_dataset(store, "test", **kwargs)
+    blank = ps.write_wordpiece_store(str(tmp_path / "blank"), {"train": [[np.zeros(0, np.int64)]]})
+    with pytest.raises(ValueError, match="holds no tokens"):
+        data.bert_dataset(blank, "train", **kwargs)
     with pytest.raises(FileNotFoundError, match="not a token store"):
         data.bert_dataset(str(tmp_path / "nowhere"), "train", **kwargs)

@@ -136,6 +136,18 @@ def test_any_map_dataset_of_dicts_batches_too():
     assert [b["x"][:, 0].tolist() for b in batches] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
 
 
+def test_grain_transformations_apply_to_the_example_datasets(bert):
+    n = len(bert)
+    batches = list(bert.repeat(2).batch(n, drop_remainder=True))
+    assert len(batches) == 2 and batches[0]["input_ids"].shape == (n, 32)
+    direct = bert.examples(np.arange(2 * n))
+    for k in batches[0]:  # grain's repeat passes index i + e * n down: epoch 2 gets fresh masks
+        np.testing.assert_array_equal(np.concatenate([batches[0][k], batches[1][k]]), direct[k], err_msg=k)
+    assert not np.array_equal(batches[0]["masked_lm_positions"], batches[1]["masked_lm_positions"])
+    shuffled = next(iter(bert.shuffle(seed=1).batch(8)))
+    assert shuffled["masked_lm_weights"].shape == (8, 5)
+
+
 def test_bad_batch_settings_are_reported(windows):
     with pytest.raises(ValueError, match="multiple of the process count 3"):
         data.make_iterator(windows, global_batch_size=16, process_count=3, process_index=0)
