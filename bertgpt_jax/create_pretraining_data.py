@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -75,26 +76,29 @@ def encode_documents(tokenizer: Tokenizer, docs: Sequence[Sequence[str]], dtype:
 
     Sentences that produce no token are dropped (counted); a document left without tokens gives None.
     """
-    if hasattr(tokenizer, "encode_document"):  # whole-document encoding (byte-level BPE)
-        encoded = [tokenizer.encode_document(doc) for doc in docs]
-        per_doc = []
-        for ids, ends in encoded:
-            starts = [0] + list(ends[:-1])
-            per_doc.append([ids[s:e] for s, e in zip(starts, ends)])
-    else:
-        flat = tokenizer.encode_batch([s for doc in docs for s in doc])
-        per_doc, k = [], 0
-        for doc in docs:
-            per_doc.append(flat[k:k + len(doc)])
-            k += len(doc)
     out = []
-    for sentences in per_doc:
-        kept = [s for s in sentences if len(s)]
+    if hasattr(tokenizer, "encode_document"):  # whole-document encoding (byte-level BPE), as arrays
+        for doc in docs:
+            tokens, ends = tokenizer.encode_document(doc)
+            ends = np.asarray(ends, np.int64)
+            lengths = np.diff(ends, prepend=0)
+            empty = int((lengths == 0).sum())
+            if empty:
+                ends = ends[lengths > 0]
+            out.append((token_store.encode_document(tokens, ends, dtype), len(ends), len(tokens), empty)
+                       if len(tokens) else (None, 0, 0, len(doc)))
+        return out
+    flat = tokenizer.encode_batch([s for doc in docs for s in doc])
+    k = 0
+    for doc in docs:
+        sentences = flat[k:k + len(doc)]
+        k += len(doc)
+        kept = [s for s in sentences if s]
         if not kept:
             out.append((None, 0, 0, len(sentences)))
             continue
         ends = np.cumsum([len(s) for s in kept])
-        tokens = np.fromiter((i for s in kept for i in s), dtype=np.int64, count=int(ends[-1]))
+        tokens = np.fromiter(itertools.chain.from_iterable(kept), dtype=np.int64, count=int(ends[-1]))
         out.append((token_store.encode_document(tokens, ends, dtype), len(kept), int(ends[-1]),
                     len(sentences) - len(kept)))
     return out
@@ -192,8 +196,6 @@ def _resolve_tokenizer(output_dir: str, input_file: str, tokenizer, vocab_file, 
               f"{input_file}", file=sys.stderr, flush=True)
         sentences = corpus.iter_sentences(input_file, text_field=text_field)
         if train_max_sentences:
-            import itertools
-
             sentences = itertools.islice(sentences, train_max_sentences)
         tokenizer = tokenization.train_tokenizer(sentences, kind=train_tokenizer, vocab_size=vocab_size,
                                                  do_lower_case=do_lower_case)

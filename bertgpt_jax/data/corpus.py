@@ -13,7 +13,6 @@ import collections
 import dataclasses
 import glob
 import gzip
-import io
 import json
 import os
 import re
@@ -88,32 +87,47 @@ def _open(path: str) -> IO[bytes]:
     return gzip.GzipFile(fileobj=f) if path.endswith(".gz") else f
 
 
-def _lines(f: IO[bytes], stats: CorpusStats, max_line_bytes: int) -> Iterator[str]:
-    """Decoded lines; a line longer than ``max_line_bytes`` comes out in pieces split at spaces."""
-    buffered = io.BufferedReader(f, buffer_size=1 << 20) if not isinstance(f, io.BufferedReader) else f
+def _decode(raw: bytes, stats: CorpusStats) -> list[str]:
+    try:
+        return raw.decode("utf-8").split("\n")
+    except UnicodeDecodeError:  # find and count the bad lines; keep their text with U+FFFD
+        lines = []
+        for line in raw.split(b"\n"):
+            try:
+                lines.append(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                stats.skipped["invalid_utf8_lines"] += 1
+                lines.append(line.decode("utf-8", errors="replace"))
+        return lines
+
+
+def _lines(f: IO[bytes], stats: CorpusStats, max_line_bytes: int, block_bytes: int = 1 << 20) -> Iterator[str]:
+    """Decoded lines, read in large blocks (per-line reads are the slow part of a Python reader); a line
+    longer than ``max_line_bytes`` comes out in pieces split at spaces (or UTF-8 character boundaries)."""
     carry = b""
     while True:
-        raw = buffered.readline(max_line_bytes + 1 - len(carry))
-        if not raw and not carry:
+        block = f.read(block_bytes)
+        stats.bytes += len(block)
+        data = carry + block
+        if not block:
+            if data:
+                yield from _decode(data, stats)
             return
-        stats.bytes += len(raw)
-        raw = carry + raw
-        carry = b""
-        if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
-            cut = raw.rfind(b" ", 0, max_line_bytes)
-            if cut <= 0:  # no space: cut at a UTF-8 character boundary
+        cut = data.rfind(b"\n")
+        if cut >= 0:
+            yield from _decode(data[:cut], stats)
+            carry = data[cut + 1:]
+        else:
+            carry = data
+        while len(carry) > max_line_bytes:  # a very long line: emit a piece, keep the rest
+            cut = carry.rfind(b" ", 0, max_line_bytes)
+            if cut <= 0:
                 cut = max_line_bytes
-                while cut > 0 and (raw[cut] & 0xC0) == 0x80:
+                while cut > 0 and (carry[cut] & 0xC0) == 0x80:
                     cut -= 1
-            raw, carry = raw[:cut], raw[cut:]
+            yield from _decode(carry[:cut], stats)
             stats.skipped["long_line_pieces"] += 1
-        try:
-            yield raw.decode("utf-8")
-        except UnicodeDecodeError:
-            stats.skipped["invalid_utf8_lines"] += 1
-            yield raw.decode("utf-8", errors="replace")
-        if not raw and not carry:
-            return
+            carry = carry[cut:]
 
 
 def _emit(doc: list[str], stats: CorpusStats) -> list[str] | None:

@@ -186,23 +186,25 @@ class ByteLevelBPETokenizer(Tokenizer):
         texts = [t.lower() for t in texts] if self.lowercase else list(texts)
         return [self._to_ids(r) for r in self.enc.encode_ordinary_batch(texts, num_threads=num_threads)]
 
-    def encode_document(self, sentences: Sequence[str]) -> tuple[list[int], list[int]]:
+    def encode_document(self, sentences: Sequence[str]) -> tuple[np.ndarray, list[int]]:
         """Encodes the sentences joined by newlines as one text (tiktoken is fast on long texts, slow on
         many short ones); each sentence but the last keeps its newline token. Returns ``(ids, ends)``."""
         if self.lowercase:
             sentences = [s.lower() for s in sentences]
-        ids = self._to_ids(self.enc.encode_ordinary("\n".join(sentences)))
+        # encode_to_numpy with no special tokens allowed or disallowed is encode_ordinary, minus the list.
+        ids = self.enc.encode_to_numpy("\n".join(sentences), allowed_special=set(), disallowed_special=())
+        ids = ids.astype(np.int64) if self.rank_to_id is None else self.rank_to_id[ids]
         if len(sentences) <= 1:
             return ids, [len(ids)]
         byte_ends = np.cumsum([len(s.encode("utf-8")) + 1 for s in sentences])
         byte_ends[-1] -= 1
-        token_ends = np.cumsum(self.byte_lengths[np.asarray(ids, np.int64)])
+        token_ends = np.cumsum(self.byte_lengths[ids])
         where = np.searchsorted(token_ends, byte_ends)  # the token that ends each sentence's bytes
         if len(ids) == 0 or where.max() >= len(ids) or not np.array_equal(token_ends[where], byte_ends):
             # A token spans a sentence boundary (sentences with outer whitespace): encode one by one.
             raw = [s + "\n" for s in sentences[:-1]] + [sentences[-1]]
             parts = [self._to_ids(r) for r in self.enc.encode_ordinary_batch(raw, num_threads=1)]
-            return [i for p in parts for i in p], np.cumsum([len(p) for p in parts]).tolist()
+            return np.array([i for p in parts for i in p], np.int64), np.cumsum([len(p) for p in parts]).tolist()
         return ids, (where + 1).tolist()
 
     def decode(self, ids: Sequence[int]) -> str:

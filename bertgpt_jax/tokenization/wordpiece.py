@@ -33,6 +33,29 @@ def _ranges_to_class(ranges: list[tuple[int, int]]) -> str:
 
 @lru_cache(maxsize=1)
 def _classes() -> dict[str, str]:
+    """``_build_classes()``, cached on disk per Unicode version (building takes about a second)."""
+    cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bertgpt_jax",
+                         f"bert_char_classes-unicode{unicodedata.unidata_version}.json")
+    try:
+        with open(cache, encoding="utf-8") as f:
+            classes = json.load(f)
+        if set(classes) == {"drop", "space", "punct", "accent"}:
+            return classes
+    except (OSError, ValueError):
+        pass
+    classes = _build_classes()
+    try:
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        tmp = f"{cache}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(classes, f)
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # a read-only home only costs the rebuild
+    return classes
+
+
+def _build_classes() -> dict[str, str]:
     """BERT's character classes as regex classes, taken from Python's ``unicodedata`` as the reference
     implementation does: the Rust normalizer's own tables are of another Unicode version and treat some
     categories otherwise (checked over the code points in tests/test_tokenization.py).
