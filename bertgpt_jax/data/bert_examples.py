@@ -30,7 +30,7 @@ are computed on the fly from counter-based random numbers keyed by the example i
 
 from __future__ import annotations
 
-import bisect
+import array
 import hashlib
 import json
 import os
@@ -65,30 +65,36 @@ def truncated_counts(len_a: int, len_b: int, max_num_tokens: int) -> tuple[int, 
 
 def cut_instances(flat: flat_tokens.FlatSplit, *, max_seq_length: int, short_seq_prob: float,
                   dupe_factor: int, seed: int) -> dict[str, np.ndarray]:
-    """Where every instance's A and B lie in ``flat.tokens``: the original algorithm, document by document."""
+    """Where every instance's A and B lie in ``flat.tokens``: the original algorithm, document by document.
+
+    Memory stays flat for corpora of billions of tokens: only the current document's sentence ends
+    become Python ints, and instances collect in typed arrays (8 bytes a field, not a Python int).
+    """
     rng = random.Random(seed)
-    ends = flat.sentence_ends.tolist()
+    ends_np = flat.sentence_ends
     doc_sents = flat.doc_sentences.tolist()
     n_docs = len(doc_sents) - 1
     max_num_tokens = max_seq_length - 3
-    out = {name: [] for name in INSTANCE_FIELDS}
-
-    def start_of(s: int) -> int:
-        return ends[s - 1] if s > 0 else 0
+    typecodes = {"a_start": "q", "b_start": "q", "a_len": "i", "b_len": "i", "is_random_next": "b",
+                 "target_len": "i"}
+    out = {name: array.array(code) for name, code in typecodes.items()}
 
     for _ in range(dupe_factor):
         for d in range(n_docs):
             s_lo, s_hi = doc_sents[d], doc_sents[d + 1]
+            # The document's sentence k spans bounds[k]..bounds[k + 1] in the flat token array.
+            bounds = [int(ends_np[s_lo - 1]) if s_lo > 0 else 0] + ends_np[s_lo:s_hi].tolist()
+            n_sent = s_hi - s_lo
             target = max_num_tokens
             if rng.random() < short_seq_prob:
                 target = rng.randint(2, max_num_tokens)
-            chunk_lo, chunk_len, i = s_lo, 0, s_lo
-            while i < s_hi:
-                chunk_len += ends[i] - start_of(i)
-                if i == s_hi - 1 or chunk_len >= target:
+            chunk_lo, chunk_len, i = 0, 0, 0
+            while i < n_sent:
+                chunk_len += bounds[i + 1] - bounds[i]
+                if i == n_sent - 1 or chunk_len >= target:
                     n_chunk = i - chunk_lo + 1
                     a_end = rng.randint(1, n_chunk - 1) if n_chunk >= 2 else 1
-                    a_lo, a_hi = start_of(chunk_lo), ends[chunk_lo + a_end - 1]
+                    a_lo, a_hi = bounds[chunk_lo], bounds[chunk_lo + a_end]
                     if n_chunk == 1 or rng.random() < 0.5:
                         is_random_next = 1
                         target_b = target - (a_hi - a_lo)
@@ -98,14 +104,14 @@ def cut_instances(flat: flat_tokens.FlatSplit, *, max_seq_length: int, short_seq
                                 break
                         r_lo, r_hi = doc_sents[r], doc_sents[r + 1]
                         r_start = rng.randint(r_lo, r_hi - 1)
-                        b_lo = start_of(r_start)
+                        b_lo = int(ends_np[r_start - 1]) if r_start > 0 else 0
                         # Whole sentences from r_start until B reaches target_b (at least one sentence).
-                        j = bisect.bisect_left(ends, b_lo + max(target_b, 1), r_start, r_hi - 1)
-                        b_hi = ends[j]
+                        j = r_start + int(np.searchsorted(ends_np[r_start:r_hi - 1], b_lo + max(target_b, 1)))
+                        b_hi = int(ends_np[j])
                         i -= n_chunk - a_end  # the unused sentences go back
                     else:
                         is_random_next = 0
-                        b_lo, b_hi = a_hi, ends[i]
+                        b_lo, b_hi = a_hi, bounds[i + 1]
                     cut_a, cut_b = truncated_counts(a_hi - a_lo, b_hi - b_lo, max_num_tokens)
                     # Each removed token comes off the front or the back with probability 1/2.
                     front_a = rng.getrandbits(cut_a).bit_count() if cut_a else 0
@@ -120,7 +126,8 @@ def cut_instances(flat: flat_tokens.FlatSplit, *, max_seq_length: int, short_seq
                 i += 1
     dtypes = {"a_start": np.int64, "b_start": np.int64, "a_len": np.int32, "b_len": np.int32,
               "is_random_next": np.int8, "target_len": np.int32}
-    return {name: np.asarray(out[name], dtypes[name]) for name in INSTANCE_FIELDS}
+    return {name: np.frombuffer(out[name], dtypes[name]) if len(out[name]) else np.zeros(0, dtypes[name])
+            for name in INSTANCE_FIELDS}
 
 
 def load_instances(flat: flat_tokens.FlatSplit, *, max_seq_length: int, short_seq_prob: float,

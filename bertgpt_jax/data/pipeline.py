@@ -82,7 +82,8 @@ class BatchedExamples(grain.MapDataset):
         with self._lock:
             perm = self._perm_cache.get(epoch)
             if perm is None:
-                perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+                perm = np.arange(self.num_examples, dtype=np.int32 if self.num_examples < 2**31 else np.int64)
+                np.random.default_rng([self.seed, epoch]).shuffle(perm)
                 # Prefetch threads straddle at most one epoch boundary: two epochs suffice.
                 self._perm_cache = {e: p for e, p in self._perm_cache.items() if e == epoch - 1}
                 self._perm_cache[epoch] = perm
