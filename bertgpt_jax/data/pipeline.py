@@ -98,7 +98,7 @@ class BatchedExamples(grain.MapDataset):
         first = s * self.global_batch_size  # padding repeats the batch's first example
         pos = np.where(real, pos, first)
         order = self.permutation(epoch)[pos] if self.shuffle else pos
-        return order + epoch * self.num_examples, real
+        return order.astype(np.int64) + epoch * self.num_examples, real  # int64: epoch * n passes 2**31
 
     def __getitem__(self, step):
         if isinstance(step, slice):
