@@ -83,11 +83,18 @@ class Embedding(nn.Module):
             self.param_dtype)
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+        # Features whole (FSDP all-gathers weights before use anyway): a gather from a table split over
+        # rows and features makes XLA replicate it in full ("involuntary full rematerialization").
+        table = nn.with_logical_constraint(self.embedding, (self.axes[0], None))
+        return jnp.take(table, ids, axis=0).astype(self.dtype)
 
     def attend(self, x_xD: jax.Array) -> jax.Array:
         """Logits against every row of the table, in fp32."""
-        return jnp.einsum("...d,vd->...v", x_xD, self.embedding.astype(x_xD.dtype),
+        # The feature axis must be whole here: with it split over fsdp while x's batch is also split
+        # over fsdp, XLA's SPMD partitioner returned wrong gradients on a 2x2x2 mesh (loss still right);
+        # tests/test_model_sharding.py guards this.
+        table = nn.with_logical_constraint(self.embedding, (self.axes[0], None))
+        return jnp.einsum("...d,vd->...v", x_xD, table.astype(x_xD.dtype),
                           preferred_element_type=jnp.float32)
 
 
