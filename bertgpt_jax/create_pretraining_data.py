@@ -43,6 +43,7 @@ class StageConfig:
     split_seed: int
     max_shard_tokens: int
     text_field: str
+    unit_bytes: int  # positions (unit, document) that resuming relies on depend on it
     fingerprint: str
 
 
@@ -66,9 +67,10 @@ _WORKER_TOKENIZER: Tokenizer | None = None
 def _init_worker(tokenizer_dir: str) -> None:
     global _WORKER_TOKENIZER
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one worker per core already
-    from bertgpt_jax import tokenization
+    if _WORKER_TOKENIZER is None:  # spawned; a forked worker has the parent's tokenizer already
+        from bertgpt_jax import tokenization
 
-    _WORKER_TOKENIZER = tokenization.from_file(tokenizer_dir)
+        _WORKER_TOKENIZER = tokenization.from_file(tokenizer_dir)
 
 
 def encode_documents(tokenizer: Tokenizer, docs: Sequence[Sequence[str]], dtype: np.dtype) -> list[tuple]:
@@ -104,9 +106,23 @@ def encode_documents(tokenizer: Tokenizer, docs: Sequence[Sequence[str]], dtype:
     return out
 
 
-def _encode_chunk(args) -> list[tuple]:
-    docs, dtype = args
-    return encode_documents(_WORKER_TOKENIZER, docs, np.dtype(dtype))
+def process_unit(tokenizer: Tokenizer, task: tuple) -> tuple[list[tuple], corpus.CorpusStats]:
+    """Parses, splits and tokenizes one work unit: ``[(index, split, record, sentences, tokens, empty)]``
+    for the documents not in finished shards, and the unit's reading counts."""
+    unit_no, kind, payload, dtype, fraction, seed, resume, text_field = task
+    stats = corpus.CorpusStats()
+    docs = corpus.parse_unit(kind, payload, stats, text_field)
+    todo = []
+    for i, doc in enumerate(docs):
+        split = split_of(doc, fraction, seed)
+        if (unit_no, i) >= tuple(resume[split]):  # documents in finished shards are not tokenized again
+            todo.append((i, split, doc))
+    encoded = encode_documents(tokenizer, [doc for _, _, doc in todo], np.dtype(dtype))
+    return [(i, split, *rec) for (i, split, _), rec in zip(todo, encoded)], stats
+
+
+def _process_in_worker(task: tuple):
+    return process_unit(_WORKER_TOKENIZER, task)
 
 
 # -- writing shards -----------------------------------------------------------------------------------
@@ -124,7 +140,8 @@ class _SplitWriter:
         self.stats = {"documents": 0, "sentences": 0, "tokens": 0, "empty_sentences": 0,
                       "empty_token_documents": 0}
 
-    def write(self, record: bytes | None, sentences: int, tokens: int, empty_sentences: int, doc_index: int):
+    def write(self, record: bytes | None, sentences: int, tokens: int, empty_sentences: int,
+              position: tuple[int, int]):
         self.stats["empty_sentences"] += empty_sentences
         if record is None:
             self.stats["empty_token_documents"] += 1
@@ -138,7 +155,7 @@ class _SplitWriter:
             self.stats["documents"] += 1
             self.stats["sentences"] += sentences
             self.stats["tokens"] += tokens
-        self.last_doc = doc_index
+        self.last = position
         if self.stats["tokens"] >= self.max_tokens:
             self.finish()
 
@@ -148,7 +165,8 @@ class _SplitWriter:
             return
         self.writer.close()
         self.writer = None
-        meta = {**self.stats, "split": self.split, "index": self.index, "end_doc": self.last_doc + 1,
+        # Resuming skips every document at or before this (unit, document-in-unit) position.
+        meta = {**self.stats, "split": self.split, "index": self.index, "end": [self.last[0], self.last[1] + 1],
                 "config": self.config_key}
         _write_json(self.path + ".json", meta)
         os.replace(self.path + ".tmp", self.path)
@@ -211,18 +229,6 @@ def _resolve_tokenizer(output_dir: str, input_file: str, tokenizer, vocab_file, 
     return tokenizer
 
 
-def _chunks(docs: Iterator[tuple[int, str, list[str]]], chunk_bytes: int) -> Iterator[list]:
-    chunk, size = [], 0
-    for item in docs:
-        chunk.append(item)
-        size += sum(len(s) for s in item[2]) + len(item[2])
-        if size >= chunk_bytes:
-            yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
-
-
 def _total_bytes(input_file: str) -> int | None:
     """Sum of the input files' sizes, for the progress bar's ETA (None when unknown: gzip, gs://, tfds)."""
     if input_file.startswith("tfds:"):
@@ -237,7 +243,7 @@ def create_token_store(input_file: str = corpus.DEFAULT, output_dir: str = "", *
                        tokenizer: Tokenizer | None = None, train_tokenizer: str = "wordpiece",
                        vocab_size: int = 8192, do_lower_case: bool = True, validation_fraction: float = 0.02,
                        split_seed: int = 0, max_shard_tokens: int = 1 << 26, num_workers: int | None = None,
-                       text_field: str = "text", chunk_bytes: int = 1 << 20, train_max_sentences: int | None = None,
+                       text_field: str = "text", unit_bytes: int = 1 << 18, train_max_sentences: int | None = None,
                        progress: bool = True) -> str:
     """Tokenizes ``input_file`` into a token store in ``output_dir`` and returns ``output_dir``.
 
@@ -245,6 +251,7 @@ def create_token_store(input_file: str = corpus.DEFAULT, output_dir: str = "", *
     the corpus: ``train_tokenizer`` (wordpiece | bpe | sentencepiece) with ``vocab_size`` and ``do_lower_case``.
     ``num_workers`` tokenizing processes (default: every core; 0 tokenizes in this process).
     """
+    global _WORKER_TOKENIZER  # handed to forked workers without a reload
     if not output_dir:
         raise ValueError("output_dir is required: the directory the token store is written to")
     if not 0.0 <= validation_fraction < 1.0:
@@ -261,7 +268,7 @@ def create_token_store(input_file: str = corpus.DEFAULT, output_dir: str = "", *
     tok = _resolve_tokenizer(output_dir, input_file, tokenizer, vocab_file, train_tokenizer, vocab_size,
                              do_lower_case, text_field, train_max_sentences)
     config = StageConfig(input_file, float(validation_fraction), int(split_seed), int(max_shard_tokens),
-                         text_field, tok.fingerprint)
+                         text_field, int(unit_bytes), tok.fingerprint)
     config_key = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:16]
     if os.path.exists(manifest_path):
         with open(manifest_path, encoding="utf-8") as f:
@@ -271,18 +278,14 @@ def create_token_store(input_file: str = corpus.DEFAULT, output_dir: str = "", *
                          "new output_dir or delete this one")
     dtype = token_store.token_dtype(tok.vocab_size)
     done = {s: _finished_shards(output_dir, s, config_key) for s in SPLITS}
-    resume = {s: (done[s][-1]["end_doc"] if done[s] else 0) for s in SPLITS}
+    resume = {s: (done[s][-1]["end"] if done[s] else [0, 0]) for s in SPLITS}
     writers = {s: _SplitWriter(output_dir, s, max_shard_tokens, len(done[s]), config_key) for s in SPLITS}
     stats = corpus.CorpusStats()
     _write_json(os.path.join(output_dir, RUN_FILE), {"args": args, "config": dataclasses.asdict(config),
                                                       "config_key": config_key})
-
-    def todo() -> Iterator[tuple[int, str, list[str]]]:
-        for i, doc in enumerate(corpus.read_documents(input_file, stats, text_field)):
-            split = split_of(doc, validation_fraction, split_seed)
-            if i >= resume[split]:  # documents in finished shards are not tokenized again
-                yield i, split, doc
-
+    units = corpus.iter_units(input_file, stats, text_field, unit_bytes)
+    tasks = ((n, kind, payload, dtype.str, validation_fraction, split_seed, resume, text_field)
+             for n, (kind, payload) in enumerate(units))
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
     bar = _progress(progress, _total_bytes(input_file))
     started = time.perf_counter()
@@ -291,31 +294,33 @@ def create_token_store(input_file: str = corpus.DEFAULT, output_dir: str = "", *
         if workers > 0:
             # fork is cheap, but not under a live JAX runtime (the trainer's demo calls this): then spawn.
             method = "spawn" if "jax" in sys.modules else "fork"
+            _WORKER_TOKENIZER = tok if method == "fork" else None
             pool = multiprocessing.get_context(method).Pool(
                 workers, initializer=_init_worker, initargs=(os.path.join(output_dir, token_store.TOKENIZER_DIR),))
         inflight = collections.deque()
 
         def drain(block_until: int) -> None:
             while len(inflight) > block_until:
-                chunk, result = inflight.popleft()
-                encoded = result.get() if pool is not None else result
-                for (i, split, _), rec in zip(chunk, encoded):
-                    writers[split].write(*rec, doc_index=i)
+                unit_no, result = inflight.popleft()
+                encoded, unit_stats = result.get() if pool is not None else result
+                stats.add(unit_stats)
+                for i, split, *rec in encoded:
+                    writers[split].write(*rec, position=(unit_no, i))
                 if bar is not None:
                     bar.update(stats.bytes - bar.n)
 
-        for chunk in _chunks(todo(), chunk_bytes):
-            docs = [doc for _, _, doc in chunk]
+        for task in tasks:
             if pool is not None:
-                inflight.append((chunk, pool.apply_async(_encode_chunk, ((docs, dtype.str),))))
-                drain(2 * workers)  # bounded memory: only a few chunks in flight
+                inflight.append((task[0], pool.apply_async(_process_in_worker, (task,))))
+                drain(2 * workers)  # bounded memory: only a few units in flight
             else:
-                inflight.append((chunk, encode_documents(tok, docs, dtype)))
+                inflight.append((task[0], process_unit(tok, task)))
                 drain(0)
         drain(0)
         for w in writers.values():
             w.finish()
     finally:
+        _WORKER_TOKENIZER = None
         if pool is not None:
             pool.terminate()
         if bar is not None:

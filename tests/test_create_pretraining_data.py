@@ -90,7 +90,7 @@ def test_identical_output_for_any_worker_count(minilm_dir, tmp_path):
     vocab = os.path.join(minilm_dir, "vocab.txt")
     a = cpd.create_token_store(str(tmp_path / "c.txt"), str(tmp_path / "a"), vocab_file=vocab,
                                num_workers=0, max_shard_tokens=300, progress=False, validation_fraction=0.3)
-    b = cpd.create_token_store(str(tmp_path / "c.txt"), str(tmp_path / "b"), vocab_file=vocab, chunk_bytes=100,
+    b = cpd.create_token_store(str(tmp_path / "c.txt"), str(tmp_path / "b"), vocab_file=vocab, unit_bytes=300,
                                num_workers=2, max_shard_tokens=300, progress=False, validation_fraction=0.3)
     names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(a, "*.array_record")))
     assert len(names) > 2 and names == sorted(os.path.basename(p) for p in glob.glob(os.path.join(b, "*.array_record")))
@@ -101,7 +101,7 @@ def test_identical_output_for_any_worker_count(minilm_dir, tmp_path):
 def test_resume_after_crash_skips_finished_shards(minilm_dir, tmp_path, monkeypatch):
     _corpus_file(tmp_path / "c.txt", num_docs=80)
     kw = dict(vocab_file=os.path.join(minilm_dir, "vocab.txt"), num_workers=0, max_shard_tokens=200,
-              progress=False, validation_fraction=0.1)
+              progress=False, validation_fraction=0.1, unit_bytes=700)
     reference = cpd.create_token_store(str(tmp_path / "c.txt"), str(tmp_path / "ref"), **kw)
 
     crashed = str(tmp_path / "crash")

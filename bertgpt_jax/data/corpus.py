@@ -36,6 +36,14 @@ class CorpusStats:
     bytes: int = 0
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
+    def add(self, other: "CorpusStats") -> None:
+        """Adds counts gathered elsewhere (a worker's parse of a unit)."""
+        self.files += other.files
+        self.documents += other.documents
+        self.sentences += other.sentences
+        self.bytes += other.bytes
+        self.skipped.update(other.skipped)
+
     def to_dict(self) -> dict:
         return {"files": self.files, "documents": self.documents, "sentences": self.sentences,
                 "bytes": self.bytes, "skipped": dict(sorted(self.skipped.items()))}
@@ -101,33 +109,41 @@ def _decode(raw: bytes, stats: CorpusStats) -> list[str]:
         return lines
 
 
-def _lines(f: IO[bytes], stats: CorpusStats, max_line_bytes: int, block_bytes: int = 1 << 20) -> Iterator[str]:
-    """Decoded lines, read in large blocks (per-line reads are the slow part of a Python reader); a line
-    longer than ``max_line_bytes`` comes out in pieces split at spaces (or UTF-8 character boundaries)."""
+def _split_long_line(line: str, max_line_bytes: int, stats: CorpusStats) -> list[str]:
+    """A line over ``max_line_bytes`` in pieces cut at the last space (else at a character boundary)."""
+    raw, pieces = line.encode("utf-8"), []
+    while len(raw) > max_line_bytes:
+        cut = raw.rfind(b" ", 0, max_line_bytes)
+        if cut <= 0:
+            cut = max_line_bytes
+            while cut > 0 and (raw[cut] & 0xC0) == 0x80:
+                cut -= 1
+        pieces.append(raw[:cut].decode("utf-8").strip())
+        stats.skipped["long_line_pieces"] += 1
+        raw = raw[cut:]
+    pieces.append(raw.decode("utf-8").strip())
+    return [p for p in pieces if p]
+
+
+def _blocks(f: IO[bytes], stats: CorpusStats, block_bytes: int, boundary: bytes) -> Iterator[bytes]:
+    """Large reads cut just after the last ``boundary`` (a blank line between documents, or a newline
+    for JSONL), so each block holds whole documents. A document longer than a block grows the block."""
     carry = b""
     while True:
         block = f.read(block_bytes)
         stats.bytes += len(block)
-        data = carry + block
         if not block:
-            if data:
-                yield from _decode(data, stats)
+            if carry:
+                yield carry
             return
-        cut = data.rfind(b"\n")
+        data = carry + block if carry else block
+        cut = data.rfind(boundary)
         if cut >= 0:
-            yield from _decode(data[:cut], stats)
-            carry = data[cut + 1:]
+            cut += len(boundary)
+            yield data[:cut]
+            carry = data[cut:]
         else:
             carry = data
-        while len(carry) > max_line_bytes:  # a very long line: emit a piece, keep the rest
-            cut = carry.rfind(b" ", 0, max_line_bytes)
-            if cut <= 0:
-                cut = max_line_bytes
-                while cut > 0 and (carry[cut] & 0xC0) == 0x80:
-                    cut -= 1
-            yield from _decode(carry[:cut], stats)
-            stats.skipped["long_line_pieces"] += 1
-            carry = carry[cut:]
 
 
 def _emit(doc: list[str], stats: CorpusStats) -> list[str] | None:
@@ -139,43 +155,91 @@ def _emit(doc: list[str], stats: CorpusStats) -> list[str] | None:
     return doc
 
 
+def parse_text_block(raw: bytes, stats: CorpusStats, max_line_bytes: int = MAX_LINE_BYTES) -> list[list[str]]:
+    """Documents of a block in the original BERT format: one sentence per line, blank lines between."""
+    docs, doc = [], []
+    for line in _decode(raw, stats):
+        line = line.strip()
+        if line:
+            if len(line) * 4 > max_line_bytes and len(line.encode("utf-8")) > max_line_bytes:
+                doc.extend(_split_long_line(line, max_line_bytes, stats))
+            else:
+                doc.append(line)
+        elif doc:
+            docs.append(_emit(doc, stats))
+            doc = []
+    if doc:
+        docs.append(_emit(doc, stats))
+    return docs
+
+
+def parse_jsonl_block(raw: bytes, stats: CorpusStats, text_field: str = "text") -> list[list[str]]:
+    """JSON Lines: one document per line, its text under ``text_field``, split into sentences."""
+    docs = []
+    for line in _decode(raw, stats):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            stats.skipped["bad_json_lines"] += 1
+            continue
+        text = record.get(text_field) if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            stats.skipped[f"no_{text_field}_field"] += 1
+            continue
+        doc = _emit(split_sentences(text), stats)
+        if doc is not None:
+            docs.append(doc)
+    return docs
+
+
+def parse_unit(kind: str, payload, stats: CorpusStats, text_field: str = "text") -> list[list[str]]:
+    """The documents of one work unit from :func:`iter_units` (run where the tokenizing happens)."""
+    if kind == "text":
+        return parse_text_block(payload, stats)
+    if kind == "jsonl":
+        return parse_jsonl_block(payload, stats, text_field)
+    return payload  # "docs": parsed already
+
+
+def iter_units(input_file: str, stats: CorpusStats, text_field: str = "text",
+               block_bytes: int = 1 << 18) -> Iterator[tuple[str, object]]:
+    """The corpus as work units of whole documents: ``("text" | "jsonl", raw bytes)`` from files, or
+    ``("docs", documents)``. Parsing a unit is left to :func:`parse_unit`, so it can run in a worker."""
+    if input_file == DEFAULT:
+        input_file = DEFAULT_CORPUS
+    if input_file.startswith("tfds:"):
+        batch = []
+        for doc in read_tfds(input_file, stats, text_field):
+            batch.append(doc)
+            if sum(len(s) for d in batch for s in d) >= block_bytes:
+                yield "docs", batch
+                batch = []
+        if batch:
+            yield "docs", batch
+        return
+    for path in expand_paths(input_file):
+        stats.files += 1
+        base = path[:-3] if path.endswith(".gz") else path
+        kind, boundary = ("jsonl", b"\n") if base.endswith(_JSON_SUFFIXES) else ("text", b"\n\n")
+        with _open(path) as f:
+            for block in _blocks(f, stats, block_bytes, boundary):
+                yield kind, block
+
+
 def read_text_file(path: str, stats: CorpusStats, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[list[str]]:
     """The original BERT format: one sentence per line, blank lines between documents."""
     with _open(path) as f:
-        doc: list[str] = []
-        blank_run = True
-        for line in _lines(f, stats, max_line_bytes):
-            line = line.strip()
-            if line:
-                doc.append(line)
-                blank_run = False
-            elif not blank_run:
-                if _emit(doc, stats) is not None:
-                    yield doc
-                doc, blank_run = [], True
-        if doc and _emit(doc, stats) is not None:
-            yield doc
+        for block in _blocks(f, stats, 1 << 20, b"\n\n"):
+            yield from parse_text_block(block, stats, max_line_bytes)
 
 
-def read_jsonl_file(path: str, stats: CorpusStats, text_field: str = "text",
-                    max_line_bytes: int = 64 * MAX_LINE_BYTES) -> Iterator[list[str]]:
-    """JSON Lines: one document per line, its text under ``text_field``, split into sentences."""
+def read_jsonl_file(path: str, stats: CorpusStats, text_field: str = "text") -> Iterator[list[str]]:
+    """JSON Lines files (one document per line)."""
     with _open(path) as f:
-        for line in _lines(f, stats, max_line_bytes):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                stats.skipped["bad_json_lines"] += 1
-                continue
-            text = record.get(text_field) if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                stats.skipped[f"no_{text_field}_field"] += 1
-                continue
-            doc = _emit(split_sentences(text), stats)
-            if doc is not None:
-                yield doc
+        for block in _blocks(f, stats, 1 << 20, b"\n"):
+            yield from parse_jsonl_block(block, stats, text_field)
 
 
 def read_tfds(spec: str, stats: CorpusStats, text_field: str = "text") -> Iterator[list[str]]:
@@ -205,18 +269,8 @@ def read_tfds(spec: str, stats: CorpusStats, text_field: str = "text") -> Iterat
 def read_documents(input_file: str, stats: CorpusStats | None = None, text_field: str = "text") -> Iterator[list[str]]:
     """Streams the documents of ``input_file`` (see the module docstring for what it may name)."""
     stats = stats if stats is not None else CorpusStats()
-    if input_file == DEFAULT:
-        input_file = DEFAULT_CORPUS
-    if input_file.startswith("tfds:"):
-        yield from read_tfds(input_file, stats, text_field)
-        return
-    for path in expand_paths(input_file):
-        stats.files += 1
-        base = path[:-3] if path.endswith(".gz") else path
-        if base.endswith(_JSON_SUFFIXES):
-            yield from read_jsonl_file(path, stats, text_field)
-        else:
-            yield from read_text_file(path, stats)
+    for kind, payload in iter_units(input_file, stats, text_field):
+        yield from parse_unit(kind, payload, stats, text_field)
 
 
 def iter_sentences(input_file: str, stats: CorpusStats | None = None, text_field: str = "text") -> Iterator[str]:
