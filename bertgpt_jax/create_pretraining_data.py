@@ -3,7 +3,8 @@
     python -m bertgpt_jax.create_pretraining_data --input_file=default --output_dir=/tmp/store \\
         [--vocab_file=vocab.txt | --train_tokenizer=wordpiece --vocab_size=8192] [--do_lower_case]
 
-Streams the corpus with bounded memory, tokenizes on every core (a process pool fed in order), and writes
+Streams the corpus with bounded memory: the main process reads blocks of whole documents and writes shards;
+a pool of worker processes, one per core, parses, splits and tokenizes the blocks, in order. It writes
 each split as a run of shards of about ``max_shard_tokens`` tokens. A shard is finished atomically (temporary
 name, then its stats file, then the rename), so a re-run resumes after the last finished shard of each split
 instead of tokenizing everything again; ``manifest.json`` is written last. Documents go to train or
@@ -31,6 +32,7 @@ from bertgpt_jax.tokenization.base import Tokenizer
 
 SPLITS = ("train", "validation")
 RUN_FILE = "run.json"
+SMALL_INPUT_BYTES = 4 << 20
 _HASH_RANGE = 1 << 32
 
 
@@ -249,7 +251,8 @@ def create_token_store(input_file: str = corpus.DEFAULT, output_dir: str = "", *
 
     The tokenizer is ``tokenizer``, else loaded from ``vocab_file``, else (when neither is given) trained on
     the corpus: ``train_tokenizer`` (wordpiece | bpe | sentencepiece) with ``vocab_size`` and ``do_lower_case``.
-    ``num_workers`` tokenizing processes (default: every core; 0 tokenizes in this process).
+    ``num_workers`` tokenizing processes (default: every core, or this process alone for inputs under 4 MiB;
+    0 tokenizes in this process).
     """
     global _WORKER_TOKENIZER  # handed to forked workers without a reload
     if not output_dir:
@@ -286,8 +289,11 @@ def create_token_store(input_file: str = corpus.DEFAULT, output_dir: str = "", *
     units = corpus.iter_units(input_file, stats, text_field, unit_bytes)
     tasks = ((n, kind, payload, dtype.str, validation_fraction, split_seed, resume, text_field)
              for n, (kind, payload) in enumerate(units))
-    workers = (os.cpu_count() or 1) if num_workers is None else num_workers
-    bar = _progress(progress, _total_bytes(input_file))
+    total = _total_bytes(input_file)
+    workers = num_workers
+    if workers is None:  # a small known input is done sooner in this process than by starting a pool
+        workers = 0 if total is not None and total < SMALL_INPUT_BYTES else (os.cpu_count() or 1)
+    bar = _progress(progress, total)
     started = time.perf_counter()
     pool = None
     try:

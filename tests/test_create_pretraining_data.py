@@ -176,3 +176,29 @@ def test_cli_on_default_corpus_subset(tmp_path, minilm_dir):
     m = token_store.TokenStore(str(tmp_path / "store")).manifest
     assert m["input"]["documents"] == 30 and m["args"]["vocab_file"] == minilm_dir
     assert m["splits"]["train"]["tokens"] + m["splits"]["validation"]["tokens"] > 10_000
+
+
+def test_streams_with_bounded_memory(gpt2_tiktoken, tmp_path):
+    """Peak Python memory does not grow with the corpus (2 MB vs 8 MB): nothing accumulates documents."""
+    import tracemalloc
+
+    line = "Streaming keeps only a few blocks of the corpus in memory at any time, never all of it.\n"
+    doc = line * 20 + "\n"
+    tok = tokenization.from_file(gpt2_tiktoken)
+    peaks = {}
+    for mb in (2, 8):
+        path = tmp_path / f"{mb}.txt"
+        with open(path, "w", encoding="utf-8") as f:
+            for _ in range(mb * 1_000_000 // len(doc)):
+                f.write(doc)
+        tracemalloc.start()
+        try:
+            cpd.create_token_store(str(path), str(tmp_path / f"store{mb}"), tokenizer=tok, num_workers=0,
+                                   unit_bytes=1 << 16, progress=False)
+            peaks[mb] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        m = token_store.TokenStore(str(tmp_path / f"store{mb}")).manifest
+        assert m["input"]["bytes"] == os.path.getsize(path)
+        assert m["input"]["documents"] == mb * 1_000_000 // len(doc)
+    assert peaks[8] - peaks[2] < 1_000_000, f"peak Python memory {peaks} grows with the corpus"

@@ -89,9 +89,7 @@ class Tokenizer:
             h = hashlib.sha256()
             h.update(json.dumps({"kind": self.kind, "settings": self._settings(), "special": self.special},
                                 sort_keys=True).encode())
-            for item in self._vocab_digest_items():
-                h.update(len(item).to_bytes(4, "little"))
-                h.update(item)
+            h.update(b"".join(len(item).to_bytes(4, "little") + item for item in self._vocab_digest_items()))
             self._fingerprint = h.hexdigest()[:32]
         return self._fingerprint
 

@@ -80,8 +80,8 @@ class ByteLevelBPETokenizer(Tokenizer):
         for text, i in self.special_tokens.items():
             if text in SPECIAL_SPELLINGS and self.special[SPECIAL_SPELLINGS[text]] is None:
                 self.special[SPECIAL_SPELLINGS[text]] = i
-        # Byte length per id: sentence boundaries of a whole-document encoding come from these.
-        self.byte_lengths = np.array([len(b) if b is not None else 0 for b in self.id_to_bytes], np.int64)
+        newline_rank = self.ranks[b"\n"]
+        self.newline_id = newline_rank if self.rank_to_id is None else int(self.rank_to_id[newline_rank])
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
@@ -189,23 +189,21 @@ class ByteLevelBPETokenizer(Tokenizer):
     def encode_document(self, sentences: Sequence[str]) -> tuple[np.ndarray, list[int]]:
         """Encodes the sentences joined by newlines as one text (tiktoken is fast on long texts, slow on
         many short ones); each sentence but the last keeps its newline token. Returns ``(ids, ends)``."""
-        if self.lowercase:
-            sentences = [s.lower() for s in sentences]
+        text = "\n".join(s.lower() for s in sentences) if self.lowercase else "\n".join(sentences)
         # encode_to_numpy with no special tokens allowed or disallowed is encode_ordinary, minus the list.
-        ids = self.enc.encode_to_numpy("\n".join(sentences), allowed_special=set(), disallowed_special=())
+        ids = self.enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
         ids = ids.astype(np.int64) if self.rank_to_id is None else self.rank_to_id[ids]
         if len(sentences) <= 1:
             return ids, [len(ids)]
-        byte_ends = np.cumsum([len(s.encode("utf-8")) + 1 for s in sentences])
-        byte_ends[-1] -= 1
-        token_ends = np.cumsum(self.byte_lengths[ids])
-        where = np.searchsorted(token_ends, byte_ends)  # the token that ends each sentence's bytes
-        if len(ids) == 0 or where.max() >= len(ids) or not np.array_equal(token_ends[where], byte_ends):
-            # A token spans a sentence boundary (sentences with outer whitespace): encode one by one.
-            raw = [s + "\n" for s in sentences[:-1]] + [sentences[-1]]
-            parts = [self._to_ids(r) for r in self.enc.encode_ordinary_batch(raw, num_threads=1)]
-            return np.array([i for p in parts for i in p], np.int64), np.cumsum([len(p) for p in parts]).tolist()
-        return ids, (where + 1).tolist()
+        # When the text has exactly the joining newlines and each became a token of its own, those
+        # tokens are the sentence boundaries.
+        newlines = np.flatnonzero(ids == self.newline_id)
+        if text.count("\n") == len(sentences) - 1 == len(newlines):
+            return ids, (newlines + 1).tolist() + [len(ids)]
+        # Otherwise (sentences with newlines or outer whitespace) encode sentence by sentence.
+        raw = [s + "\n" for s in sentences[:-1]] + [sentences[-1]]
+        parts = self.encode_batch(raw)
+        return np.array([i for p in parts for i in p], np.int64), np.cumsum([len(p) for p in parts]).tolist()
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
