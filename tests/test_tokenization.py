@@ -210,6 +210,14 @@ def test_bpe_from_vocab_json_and_merges(gpt2_tiktoken, tmp_path, permute):
         assert tok.decode(tok.encode(text)) == text
     again = tokenization.from_file(tok.save(str(tmp_path / "saved")))
     assert again.fingerprint == tok.fingerprint and again.encode(MIXED[0]) == tok.encode(MIXED[0])
+    # The same vocabulary as an HF tokenizer.json loads to the same tokenizer.
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    hf = Tokenizer(models.BPE.from_file(str(tmp_path / "gpt2" / "vocab.json"), str(tmp_path / "gpt2" / "merges.txt")))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.save(str(tmp_path / "tokenizer.json"))
+    from_json = tokenization.from_file(str(tmp_path / "tokenizer.json"))
+    assert from_json.fingerprint == tok.fingerprint
 
 
 def _sentences():
