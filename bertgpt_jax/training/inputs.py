@@ -8,6 +8,7 @@ from typing import Any, Iterator
 import jax
 import numpy as np
 
+from bertgpt_jax import sharding as sharding_lib
 from bertgpt_jax.training.synthetic import SyntheticIterator
 
 SYNTHETIC = "synthetic"
@@ -44,32 +45,29 @@ def _store_iterator(store_dir: str, split: str, model_type: str, global_batch: i
                     max_predictions: int, seed: int, train: bool) -> Iterator[dict]:
     from bertgpt_jax import data
 
-    per_process = global_batch // jax.process_count()
     if model_type == "bert":
         ds = data.bert_dataset(store_dir, split=split, max_seq_length=seq_len,
                                max_predictions_per_seq=max_predictions, seed=seed)
     else:
         ds = data.gpt_dataset(store_dir, split=split, seq_len=seq_len, seed=seed)
-    return data.batch_iterator(ds, batch_size=per_process, shard_index=jax.process_index(),
-                               shard_count=jax.process_count(), shuffle=train, repeat=train, seed=seed)
+    if train:
+        return data.make_iterator(ds, global_batch_size=global_batch, shuffle=True, seed=seed)
+    return data.make_eval_iterator(ds, global_batch_size=global_batch)
 
 
-def place(batch: dict, shardings: dict, global_batch: int, is_global: bool) -> dict:
+def place(batch: dict, mesh: jax.sharding.Mesh, global_batch: int, is_global: bool) -> dict:
     """Numpy batch -> global jax arrays on ``shardings``.
 
     A global batch (the synthetic iterator) is cut per device; a process-local batch (the token-store
     pipeline, one shard per host) is assembled across processes.
     """
     out = {}
-    for name, sharding in shardings.items():
-        x = np.asarray(batch[name])
+    for name, value in batch.items():
+        x = np.asarray(value)
+        sharding = sharding_lib.batch_sharding(mesh, x.ndim)
         if is_global:
             out[name] = jax.make_array_from_callback(x.shape, sharding, lambda index, x=x: x[index])
         else:
             shape = (global_batch,) + x.shape[1:]
             out[name] = jax.make_array_from_process_local_data(sharding, x, shape)
     return out
-
-
-def feature_shapes(it: Any, sample: dict, global_batch: int) -> dict:
-    return {k: (global_batch,) + tuple(np.asarray(v).shape[1:]) for k, v in sample.items()}

@@ -156,7 +156,7 @@ def _load_init_params(path: str, abstract_params: Any, model_cfg: configs.ModelC
     return checkpointing.restore_params(path, abstract_params)
 
 
-def evaluate(eval_step, params, cfg: TrainConfig, model_cfg: configs.ModelConfig, batch_shard: dict) -> dict:
+def evaluate(eval_step, params, cfg: TrainConfig, model_cfg: configs.ModelConfig, mesh: jax.sharding.Mesh) -> dict:
     """Loss and accuracies over ``max_eval_steps`` validation batches, as ``eval/...`` keys."""
     it = inputs.eval_iterator(cfg.dataset, model_cfg.model_type, cfg.eval_batch_size, cfg.max_seq_length,
                               model_cfg.vocab_size, cfg.max_predictions_per_seq, cfg.seed)
@@ -167,7 +167,7 @@ def evaluate(eval_step, params, cfg: TrainConfig, model_cfg: configs.ModelConfig
             raw = next(it)
         except StopIteration:
             break
-        sums = jax.device_get(eval_step(params, inputs.place(raw, batch_shard, cfg.eval_batch_size, is_global)))
+        sums = jax.device_get(eval_step(params, inputs.place(raw, mesh, cfg.eval_batch_size, is_global)))
         for k, v in sums.items():
             total[k] = total.get(k, 0.0) + float(v)
     if not total:
@@ -224,9 +224,7 @@ def _run(cfg, model_cfg, model, mesh, schedule, optimizer, abstract, shardings, 
     first = next(train_it)
     shapes = {k: (cfg.train_batch_size,) + np.asarray(v).shape[1:] for k, v in first.items()}
     batch_shard = step_lib.batch_shardings(mesh, shapes)
-    eval_shard = step_lib.batch_shardings(
-        mesh, {k: (cfg.eval_batch_size,) + s[1:] for k, s in shapes.items()})
-    eval_step = step_lib.make_eval_step(model, is_bert, mesh, shardings.params, eval_shard)
+    eval_step = step_lib.make_eval_step(model, is_bert, mesh, shardings.params)
     n_params = state_lib.param_count(state.params)
     report = {"params": n_params, "state_bytes_per_device": metrics.bytes_per_device(state),
               "devices": jax.device_count(), "processes": jax.process_count(), "mesh": dict(mesh.shape)}
@@ -238,7 +236,7 @@ def _run(cfg, model_cfg, model, mesh, schedule, optimizer, abstract, shardings, 
             step_lib.make_train_step(model, is_bert, optimizer, schedule,
                                      step_lib.StepConfig(cfg.grad_accum_steps, cfg.clip_grad_norm)),
             mesh, shardings, batch_shard)
-        batch = inputs.place(first, batch_shard, cfg.train_batch_size, is_global)
+        batch = inputs.place(first, mesh, cfg.train_batch_size, is_global)
         t0 = time.perf_counter()
         with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
             compiled = train_step.jitted.lower(state, batch).compile()
@@ -259,13 +257,13 @@ def _run(cfg, model_cfg, model, mesh, schedule, optimizer, abstract, shardings, 
                f"{report['state_bytes_per_device'] / 2**20:.1f} MB state/device, mesh {dict(mesh.shape)}, "
                f"compiled in {report['compile_seconds']}s")
         result.update(_train_loop(cfg, model_cfg, compiled, state, batch, train_it, ckpt, writer, eval_step,
-                                  batch_shard, eval_shard, is_global, start, tokens_per_step, flops_per_step,
+                                  mesh, is_global, start, tokens_per_step, flops_per_step,
                                   report["peak_flops_total"]))
         state = result.pop("state")
     if cfg.do_eval and result["stopped_by"] == "end":
         step = int(jax.device_get(state.step))
         if result.get("last_eval_step") != step:
-            ev = evaluate(eval_step, state.params, cfg, model_cfg, eval_shard)
+            ev = evaluate(eval_step, state.params, cfg, model_cfg, mesh)
             writer.write(step, ev)
             ckpt.save_best(step, state.params, ev)
             result.update(ev)
@@ -280,8 +278,7 @@ def _print(line: str) -> None:
         print(line, flush=True)
 
 
-def _train_loop(cfg, model_cfg, compiled, state, batch, train_it, ckpt, writer, eval_step, batch_shard,
-                eval_shard, is_global, start, tokens_per_step, flops_per_step, peak_total) -> dict:
+def _train_loop(cfg, model_cfg, compiled, state, batch, train_it, ckpt, writer, eval_step, mesh, is_global, start, tokens_per_step, flops_per_step, peak_total) -> dict:
     out: dict[str, Any] = {"stopped_by": "end"}
     bar = None
     if cfg.progress_bar and jax.process_index() == 0:
@@ -341,7 +338,7 @@ def _train_loop(cfg, model_cfg, compiled, state, batch, train_it, ckpt, writer, 
                 _print(f"[pretrain] SIGTERM: saved checkpoint at step {step_no} in {ckpt.directory}; exiting")
                 break
             if step_no < cfg.num_train_steps:
-                batch = inputs.place(next(train_it), batch_shard, cfg.train_batch_size, is_global)
+                batch = inputs.place(next(train_it), mesh, cfg.train_batch_size, is_global)
             if pending is not None:
                 handle(*pending)
             pending = (step_no, dev_metrics)
@@ -349,7 +346,7 @@ def _train_loop(cfg, model_cfg, compiled, state, batch, train_it, ckpt, writer, 
                 bar.update(1)
             if cfg.do_eval and cfg.eval_every_steps and step_no % cfg.eval_every_steps == 0:
                 t_eval = time.perf_counter()
-                ev = evaluate(eval_step, state.params, cfg, model_cfg, eval_shard)
+                ev = evaluate(eval_step, state.params, cfg, model_cfg, mesh)
                 last_time += time.perf_counter() - t_eval  # evaluation time is not training time
                 handle(*pending, extra=ev)
                 pending = None

@@ -15,6 +15,12 @@ def token_nll(logits_NxV: jax.Array, labels_N: jax.Array) -> jax.Array:
     return jax.nn.logsumexp(logits_NxV, axis=-1) - label_logit_N
 
 
+def _real_B(batch: dict, n: int) -> jax.Array:
+    # Eval batches padded to full size mark their padding rows with is_real_example = 0.
+    real = batch.get("is_real_example")
+    return jnp.ones((n,), jnp.float32) if real is None else real.reshape(-1).astype(jnp.float32)
+
+
 def bert_sums(mlm_logits_BxPxV: jax.Array, nsp_logits_Bx2: jax.Array, batch: dict) -> dict:
     """Sums and counts for MLM (weighted by ``masked_lm_weights``) and NSP (every example)."""
     weights_BxP = batch["masked_lm_weights"].astype(jnp.float32)
@@ -23,20 +29,26 @@ def bert_sums(mlm_logits_BxPxV: jax.Array, nsp_logits_Bx2: jax.Array, batch: dic
     labels_B = batch["next_sentence_labels"].reshape(-1)
     nsp_nll_B = token_nll(nsp_logits_Bx2, labels_B)
     nsp_correct_B = (jnp.argmax(nsp_logits_Bx2, axis=-1) == labels_B).astype(jnp.float32)
+    real_B = _real_B(batch, labels_B.shape[0])
     return {
         "mlm_loss_sum": jnp.sum(nll_BxP * weights_BxP),
         "mlm_correct_sum": jnp.sum(correct_BxP * weights_BxP),
         "mlm_count": jnp.sum(weights_BxP),
-        "nsp_loss_sum": jnp.sum(nsp_nll_B),
-        "nsp_correct_sum": jnp.sum(nsp_correct_B),
-        "nsp_count": jnp.asarray(labels_B.shape[0], jnp.float32),
+        "nsp_loss_sum": jnp.sum(nsp_nll_B * real_B),
+        "nsp_correct_sum": jnp.sum(nsp_correct_B * real_B),
+        "nsp_count": jnp.sum(real_B),
     }
+
+
+def _gpt_weights(batch: dict) -> jax.Array:
+    targets_BxT = batch["targets"]
+    return (targets_BxT >= 0).astype(jnp.float32) * _real_B(batch, targets_BxT.shape[0])[:, None]
 
 
 def gpt_sums(logits_BxTxV: jax.Array, batch: dict) -> dict:
     """Sum of next-token NLL over target positions; a negative target (padding) counts for nothing."""
     targets_BxT = batch["targets"]
-    weights_BxT = (targets_BxT >= 0).astype(jnp.float32)
+    weights_BxT = _gpt_weights(batch)
     nll_BxT = token_nll(logits_BxTxV, jnp.maximum(targets_BxT, 0))
     correct_BxT = (jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT).astype(jnp.float32)
     return {
@@ -62,8 +74,8 @@ def counts(batch: dict, is_bert: bool) -> dict:
     """The denominators of :func:`objective`, computed from the batch before the forward pass."""
     if is_bert:
         return {"mlm_count": jnp.sum(batch["masked_lm_weights"].astype(jnp.float32)),
-                "nsp_count": jnp.asarray(batch["next_sentence_labels"].shape[0], jnp.float32)}
-    return {"lm_count": jnp.sum((batch["targets"] >= 0).astype(jnp.float32))}
+                "nsp_count": jnp.sum(_real_B(batch, batch["next_sentence_labels"].shape[0]))}
+    return {"lm_count": jnp.sum(_gpt_weights(batch))}
 
 
 def summarize(sums: dict) -> dict:

@@ -87,7 +87,7 @@ def make_train_step(model: nn.Module, is_bert: bool, optimizer: optax.GradientTr
             zeros = (jnp.zeros((), jnp.float32), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums0),
                      jax.tree.map(jnp.zeros_like, state.params))
             (objective, sums, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         if step_cfg.clip_grad_norm > 0:
             scale = jnp.minimum(1.0, step_cfg.clip_grad_norm / jnp.maximum(grad_norm, 1e-12))
             grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
@@ -124,14 +124,14 @@ def jit_train_step(train_step: Callable, mesh: jax.sharding.Mesh, state_sharding
     return run
 
 
-def make_eval_step(model: nn.Module, is_bert: bool, mesh: jax.sharding.Mesh, params_shardings: Any,
-                   batch_shard: dict) -> Callable:
+def make_eval_step(model: nn.Module, is_bert: bool, mesh: jax.sharding.Mesh, params_shardings: Any) -> Callable:
     """``eval_step(params, batch) -> sums`` (deterministic), summed on the host across batches."""
 
     def eval_step(params, batch):
         return model_sums(model, is_bert, params, batch, deterministic=True)
 
-    jitted = jax.jit(eval_step, in_shardings=(params_shardings, batch_shard), out_shardings=sharding.replicated(mesh))
+    # The batch keeps the sharding it was placed with (eval batches may carry is_real_example).
+    jitted = jax.jit(eval_step, out_shardings=sharding.replicated(mesh))
 
     def run(params, batch):
         with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):

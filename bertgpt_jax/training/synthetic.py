@@ -1,7 +1,7 @@
 """The ``synthetic`` dataset: batches of the right shapes, deterministic from (seed, step), and learnable.
 
 Token sequences count upwards (each token is the previous plus one, modulo the content vocabulary) from a
-random start, so a masked token is predictable from its neighbours and a random "next sentence" shows as a
+random start (skewed towards low ids), so a masked token is predictable from its neighbours and a random "next sentence" shows as a
 break in the count: loss falls quickly, which is what tests and benchmarks need. The iterator yields the
 GLOBAL batch; the loop places each process's rows on its devices.
 """
@@ -53,7 +53,8 @@ class SyntheticIterator:
 
 def _counting(rng: np.random.Generator, shape: tuple[int, int], vocab_size: int) -> np.ndarray:
     n = vocab_size - _FIRST_CONTENT
-    start = rng.integers(0, n, size=(shape[0], 1))
+    # Starts skewed towards low ids give a non-uniform unigram distribution: a first thing to learn.
+    start = np.floor(n * rng.random((shape[0], 1)) ** 3).astype(np.int64)
     return (_FIRST_CONTENT + (start + np.arange(shape[1])[None, :]) % n).astype(np.int32)
 
 
