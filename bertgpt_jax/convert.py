@@ -242,14 +242,22 @@ def params_from_hf_tensors(cfg: ModelConfig, tensors: dict[str, np.ndarray], ini
 
 
 def _fresh_heads(cfg: ModelConfig, groups: list[str], seed: int) -> Params:
+    """The model's own initialisation of the named BERT heads (they do not depend on the encoder's depth)."""
     import flax.linen as nn
+    import jax.numpy as jnp
 
-    from bertgpt_jax import models
+    from bertgpt_jax.models.heads import MlmHead, NspHead, Pooler
 
-    ids = np.zeros((1, 2), np.int32)
-    init = jax.jit(lambda: nn.unbox(models.from_config(cfg.replace(scan_layers=False, remat="none")).init(
-        jax.random.key(seed), ids)["params"]))()
-    return {g: jax.tree.map(np.asarray, init[g]) for g in groups}
+    D = cfg.hidden_size
+    h = jnp.zeros((1, 1, D), jnp.float32)
+    modules = {"pooler": (Pooler(cfg), (h,)), "nsp": (NspHead(cfg), (h[:, 0],)),
+               "mlm": (MlmHead(cfg), (h, lambda x: x @ jnp.zeros((cfg.vocab_size, D), x.dtype).T))}
+    out = {}
+    for i, g in enumerate(groups):
+        module, args = modules[g]
+        variables = module.init(jax.random.fold_in(jax.random.key(seed), i), *args)
+        out[g] = jax.tree.map(np.asarray, nn.unbox(variables["params"]))
+    return out
 
 
 def load_safetensors(path: str) -> dict[str, np.ndarray]:

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -12,6 +13,7 @@ import transformers
 from safetensors.numpy import load_file, save_file
 
 from bertgpt_jax import configs, convert, models
+from tests.model_params import random_params
 
 TOL = 1e-4
 TINY = dict(vocab_size=300, hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=2,
@@ -158,14 +160,8 @@ def test_export_loads_in_transformers_with_identical_outputs(tmp_path, name, cls
     cfg = configs.get(name).replace(**TINY)
     model = models.from_config(cfg)
     ids, mask, types = _batch(2, 11, cfg.vocab_size, pad_from=8)
-    import jax
-
     kw = {"masked_lm_positions": np.zeros((2, 1), np.int32)} if cfg.is_bert else {}
-    import flax.linen as nn
-
-    params = nn.unbox(model.init(jax.random.key(3), ids, **kw)["params"])
-    # Make biases/scales non-trivial so the export mapping is fully exercised.
-    params = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(x.size), x.shape), params)
+    params = random_params(model, ids, seed=3, std=0.3, **kw)
     convert.to_hf(cfg, params, str(tmp_path))
     hf, info = cls.from_pretrained(str(tmp_path), output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]

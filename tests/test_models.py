@@ -1,11 +1,13 @@
 """Model behaviour: shapes, heads at masked positions only, causality, padding invariance, dtypes, layouts."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from bertgpt_jax import configs, models
+from tests.model_params import random_params
 
 TINY = dict(vocab_size=300, hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=2,
             max_position_embeddings=64)
@@ -17,9 +19,9 @@ def tiny(name, **kw):
 
 def _init(cfg, B=2, T=12, P=3):
     model = models.from_config(cfg)
-    ids = jax.random.randint(jax.random.key(0), (B, T), 1, cfg.vocab_size)
+    ids = jnp.asarray(np.random.RandomState(0).randint(1, cfg.vocab_size, (B, T)), jnp.int32)
     kw = {"masked_lm_positions": jnp.zeros((B, P), jnp.int32)} if cfg.is_bert else {}
-    params = model.init(jax.random.key(1), ids, **kw)["params"]
+    params = random_params(model, ids, **kw)
     return model, params, ids
 
 
@@ -50,3 +52,138 @@ def test_gpt2_output_shapes():
     assert h_only.logits is None
     np.testing.assert_allclose(model.apply({"params": params}, h_only.last_hidden_state, method="lm_logits"),
                                out.logits, atol=1e-5)
+
+
+def test_gpt2_causality_by_gradient():
+    """d logits[t] / d embedding[s] is zero for every s > t."""
+    cfg = tiny("gpt2", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model, params, ids = _init(cfg, B=1, T=10)
+    T = ids.shape[1]
+
+    def logits_from_emb(x_TxD):
+        # Perturb the token embeddings through the wpe table's position rows: an input we can differentiate.
+        p = dict(params)
+        p["wpe"] = {"embedding": jnp.asarray(params["wpe"]["embedding"]).at[:T].add(x_TxD)}
+        return model.apply({"params": p}, ids).logits[0].sum(-1)  # [T]
+
+    jac_TxTxD = jax.jacrev(logits_from_emb)(jnp.zeros((T, cfg.hidden_size)))
+    influence_TxT = np.abs(np.asarray(jac_TxTxD)).sum(-1)
+    assert np.all(influence_TxT[np.triu_indices(T, 1)] == 0.0)
+    assert np.all(influence_TxT[np.tril_indices(T)] > 0.0)  # and the past does matter
+
+
+def test_gpt2_future_tokens_never_change_past_logits():
+    cfg = tiny("gpt2")
+    model, params, ids = _init(cfg, B=2, T=12)
+    changed = ids.at[:, 7:].set((ids[:, 7:] + 5) % cfg.vocab_size)
+    a = model.apply({"params": params}, ids).logits
+    b = model.apply({"params": params}, changed).logits
+    np.testing.assert_array_equal(a[:, :7], b[:, :7])
+    assert np.abs(a[:, 7:] - b[:, 7:]).max() > 1e-3
+
+
+def test_gpt2_packed_segments_equal_separate_documents():
+    cfg = tiny("gpt2")
+    model, params, ids = _init(cfg, B=1, T=12)
+    seg = jnp.array([[1] * 5 + [2] * 7])
+    pos = jnp.array([list(range(5)) + list(range(7))])
+    packed = model.apply({"params": params}, ids, segment_ids=seg, position_ids=pos).logits
+    first = model.apply({"params": params}, ids[:, :5]).logits
+    second = model.apply({"params": params}, ids[:, 5:]).logits
+    np.testing.assert_allclose(packed[:, :5], first, atol=1e-5)
+    np.testing.assert_allclose(packed[:, 5:], second, atol=1e-5)
+
+
+def test_bert_padding_invariance():
+    """Appending padding changes nothing at the real positions, nor the pooled output or head logits."""
+    cfg = tiny("bert-tiny")
+    model, params, ids = _init(cfg, B=2, T=9)
+    types = jnp.zeros_like(ids).at[:, 5:].set(1)
+    pos = jnp.array([[1, 4, 8], [0, 2, 3]])
+    short = model.apply({"params": params}, ids, token_type_ids=types, masked_lm_positions=pos)
+    pad = 7
+    ids_p = jnp.concatenate([ids, jnp.full((2, pad), 77)], axis=1)  # junk ids under the mask
+    types_p = jnp.concatenate([types, jnp.ones((2, pad), ids.dtype)], axis=1)
+    mask_p = jnp.concatenate([jnp.ones_like(ids), jnp.zeros((2, pad), ids.dtype)], axis=1)
+    long = model.apply({"params": params}, ids_p, attention_mask=mask_p, token_type_ids=types_p,
+                       masked_lm_positions=pos)
+    np.testing.assert_allclose(long.last_hidden_state[:, :9], short.last_hidden_state, atol=1e-5)
+    np.testing.assert_allclose(long.pooler_output, short.pooler_output, atol=1e-5)
+    np.testing.assert_allclose(long.mlm_logits, short.mlm_logits, atol=1e-5)
+    np.testing.assert_allclose(long.nsp_logits, short.nsp_logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["bert-tiny", "gpt2"])
+def test_scan_and_remat_compute_the_same_function(name):
+    from bertgpt_jax import convert
+
+    cfg = tiny(name, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model, params, ids = _init(cfg)
+    kw = {"masked_lm_positions": jnp.array([[1, 2], [3, 4]])} if cfg.is_bert else {}
+
+    def loss(m, p):
+        out = m.apply({"params": p}, ids, **kw)
+        return (out.mlm_logits if cfg.is_bert else out.logits).std()
+
+    ref, ref_g = jax.jit(jax.value_and_grad(lambda p: loss(model, p)))(params)
+    stacked = convert.stack_layers(cfg, jax.tree.map(np.asarray, params))
+    variants = ([(cfg.replace(remat="dots", scan_layers=True), stacked)] if cfg.is_bert
+                else [(cfg.replace(scan_layers=True), stacked), (cfg.replace(remat="full"), params)])
+    for variant, p in variants:
+        val, g = jax.jit(jax.value_and_grad(lambda p: loss(models.from_config(variant), p)))(p)
+        np.testing.assert_allclose(val, ref, rtol=1e-5)
+        if variant.scan_layers:
+            g = convert.unstack_layers(variant, jax.tree.map(np.asarray, g))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g, ref_g)
+
+
+def test_dropout_uses_the_dropout_stream():
+    cfg = tiny("bert-tiny")
+    model, params, ids = _init(cfg)
+
+    def run(seed):
+        return model.apply({"params": params}, ids, deterministic=False,
+                           rngs={"dropout": jax.random.key(seed)}).last_hidden_state
+
+    np.testing.assert_array_equal(run(1), run(1))
+    assert np.abs(run(1) - run(2)).max() > 1e-3
+    det = model.apply({"params": params}, ids).last_hidden_state
+    assert np.abs(run(1) - det).max() > 1e-3
+
+
+def test_bf16_compute_keeps_fp32_params_and_logits():
+    cfg = tiny("gpt2", dtype="bfloat16")
+    model, params, ids = _init(cfg)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+    out = model.apply({"params": params}, ids)
+    assert out.last_hidden_state.dtype == jnp.bfloat16 and out.logits.dtype == jnp.float32
+    ref = models.from_config(cfg.replace(dtype="float32")).apply({"params": params}, ids).logits
+    assert np.abs(np.asarray(out.logits) - np.asarray(ref)).max() < 0.1
+
+
+def test_params_are_named_for_weight_decay_masks():
+    """LayerNorm params are scale/bias, every bias leaf is named bias, and the decoder is tied (no copy)."""
+    cfg = tiny("bert-tiny")
+    _, params, _ = _init(cfg)
+    leaves = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(params)}
+    assert "['embeddings']['LayerNorm']['scale']" in leaves and "['mlm']['bias']" in leaves
+    names = {k.rsplit("['", 1)[1].rstrip("']") for k in leaves}
+    assert names == {"embedding", "kernel", "bias", "scale"}
+    assert sum(x.shape == (cfg.vocab_size, cfg.hidden_size) for x in leaves.values()) == 1
+
+
+def test_flops_per_token_and_count():
+    cfg = configs.get("gpt2")
+    n = 124_439_808
+    matmul = n - cfg.max_position_embeddings * cfg.hidden_size - (2 * 12 + 1) * 2 * 768  # drop wpe and LN params
+    matmul -= 12 * (3 * 768 + 768 + 3072 + 768)  # and biases
+    assert models.flops_per_token(cfg, 1024) == pytest.approx(6 * matmul + 12 * 12 * 768 * 1024)
+    bert = configs.get("bert-base")
+    assert models.flops_per_token(bert, 128, num_predictions=20) < models.flops_per_token(bert, 128)
+
+
+def test_too_long_input_is_a_clear_error():
+    cfg = tiny("gpt2", max_position_embeddings=8)
+    model = models.from_config(cfg)
+    with pytest.raises(ValueError, match="sequence length 9 exceeds max_position_embeddings"):
+        model.init(jax.random.key(0), jnp.zeros((1, 9), jnp.int32))
