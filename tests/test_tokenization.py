@@ -17,7 +17,8 @@ from bertgpt_jax.tokenization import bpe
 MIXED = [
     "Hello, World! This is BERT's WordPiece tokenizer; it splits punctuation... e.g. (a)-[b]{c}.",
     "unaffable, re-tokenization, and don't-stop-believing",
-    "Crème brûlée à la façon de Ærøskøbing — naïve coöperation, Ångström, İstanbul, ΟΔΟΣ ΣΟΦΙΑΣ.",
+    "Crème brûlée à la façon de Ærøskøbing — naïve coöperation, Ångström, İstanbul,",
+    "ΟΔΟΣ ΣΟΦΙΑΣ. ΣΑΣ Σ",
     "北京是中国的首都。我爱自然语言处理！",
     "日本語のテキスト、ひらがなとカタカナ。東京タワー",
     "한국어 문장도 있습니다.",
@@ -213,7 +214,8 @@ def test_bpe_from_vocab_json_and_merges(gpt2_tiktoken, tmp_path, permute):
     # The same vocabulary as an HF tokenizer.json loads to the same tokenizer.
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    hf = Tokenizer(models.BPE.from_file(str(tmp_path / "gpt2" / "vocab.json"), str(tmp_path / "gpt2" / "merges.txt")))
+    files = tmp_path / "gpt2"
+    hf = Tokenizer(models.BPE.from_file(str(files / "vocab.json"), str(files / "merges.txt")))
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.save(str(tmp_path / "tokenizer.json"))
     from_json = tokenization.from_file(str(tmp_path / "tokenizer.json"))
@@ -248,8 +250,8 @@ def test_train_each_kind(sentences, tmp_path, kind):
         assert (tok.pad_token_id, tok.unk_token_id, tok.cls_token_id, tok.sep_token_id, tok.mask_token_id) == \
             (0, 1, 2, 3, 4)
     elif kind == "bpe":
-        assert tok.eos_token_id == tok.vocab_size - 1 and tok.decode(tok.encode("İstanbul Ünïcode")) == \
-            "i̇stanbul ünïcode"
+        assert tok.eos_token_id == tok.vocab_size - 1
+        assert tok.decode(tok.encode("İstanbul Ünïcode")) == "İstanbul Ünïcode".lower()
     else:
         assert (tok.pad_token_id, tok.unk_token_id, tok.eos_token_id) == (0, 1, 2)
         assert [tok.id_to_token(i) for i in (tok.cls_token_id, tok.sep_token_id, tok.mask_token_id)] == \
@@ -285,8 +287,9 @@ def test_train_cli(tmp_path):
                                        for i in range(300)), encoding="utf-8")
     out = tmp_path / "tok"
     env = dict(os.environ, PYTHONPATH=os.getcwd())
-    proc = subprocess.run([sys.executable, "-m", "bertgpt_jax.tokenization", "train", f"--input_file={corpus_file}",
-                           f"--output_dir={out}", "--kind=wordpiece", "--vocab_size=300", "--nodo_lower_case"],
+    proc = subprocess.run([sys.executable, "-m", "bertgpt_jax.tokenization", "train",
+                           f"--input_file={corpus_file}", f"--output_dir={out}", "--kind=wordpiece",
+                           "--vocab_size=300", "--nodo_lower_case"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     tok = tokenization.from_file(str(out))

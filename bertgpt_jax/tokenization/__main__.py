@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from absl import app, flags
 
-flags.DEFINE_string("input_file", "default", "Corpus: files, globs, comma lists, gs://, tfds:NAME[:SPLIT], or 'default'.")
+flags.DEFINE_string("input_file", "default",
+                    "Corpus: files, globs, comma lists, gs://, tfds:NAME[:SPLIT], or 'default'.")
 flags.DEFINE_string("output_dir", None, "Where the trained tokenizer is saved.")
 flags.DEFINE_enum("kind", "wordpiece", ["wordpiece", "bpe", "sentencepiece"], "Tokenizer kind to train.")
 flags.DEFINE_integer("vocab_size", 8192, "Vocabulary size (SentencePiece and BPE may end slightly below).")
 flags.DEFINE_bool("do_lower_case", True, "Lower-case (and for WordPiece strip accents) before tokenizing.")
-flags.DEFINE_list("special_tokens", None, "Special tokens; default per kind ([PAD],[UNK],[CLS],[SEP],[MASK] for WordPiece).")
+flags.DEFINE_list("special_tokens", None,
+                  "Special tokens; default per kind ([PAD],[UNK],[CLS],[SEP],[MASK] for WordPiece).")
 flags.DEFINE_integer("min_frequency", 2, "WordPiece/BPE: the fewest occurrences a merge needs.")
 flags.DEFINE_enum("sentencepiece_model_type", "unigram", ["unigram", "bpe"], "SentencePiece algorithm.")
 flags.DEFINE_string("text_field", "text", "JSONL/TFDS field holding the text.")
