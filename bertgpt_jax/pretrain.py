@@ -25,7 +25,9 @@ flags.DEFINE_string("build_store_from", None, "If --dataset does not exist yet, 
                     "('default' = the embedded default corpus; a WordPiece/BPE vocabulary is trained when no "
                     "--vocab_file is given).")
 flags.DEFINE_string("vocab_file", None, "Tokenizer for --build_store_from (vocab.txt, tokenizer.json, ...).")
-flags.DEFINE_integer("store_vocab_size", 2000, "Vocabulary size to train for --build_store_from without --vocab_file.")
+flags.DEFINE_integer("store_vocab_size", 4096, "Vocabulary size to train for --build_store_from without --vocab_file.")
+flags.DEFINE_enum("store_tokenizer", "wordpiece", ["wordpiece", "bpe", "sentencepiece"],
+                  "Tokenizer to train for --build_store_from without --vocab_file (GPT needs one with an EOS: bpe).")
 flags.DEFINE_string("output_dir", None, "Where checkpoints, metrics.jsonl, TensorBoard events and the loss curve "
                     "go. An existing run there is resumed.")
 flags.DEFINE_string("init_checkpoint", None, "Start from these parameters: an earlier run's output_dir (or its "
@@ -114,8 +116,9 @@ def _build_store(dataset: str) -> None:
     from bertgpt_jax import create_pretraining_data
 
     print(f"[pretrain] token store {dataset} not found: building it from {F.build_store_from}", flush=True)
-    create_pretraining_data.build_store(input_file=F.build_store_from, output_dir=dataset,
-                                        vocab_file=F.vocab_file, vocab_size=F.store_vocab_size)
+    create_pretraining_data.create_token_store(input_file=F.build_store_from, output_dir=dataset,
+                                               vocab_file=F.vocab_file, train_tokenizer=F.store_tokenizer,
+                                               vocab_size=F.store_vocab_size)
 
 
 def config_from_flags():

@@ -321,6 +321,8 @@ def _train_loop(cfg, model_cfg, compiled, state, batch, train_it, ckpt, writer, 
             writer.write(step_no, record)
             if bar is not None:
                 bar.write(metrics.format_line(step_no, record))
+            else:
+                _print(metrics.format_line(step_no, record))
 
     with _Preemption() as preempt:
         for i in range(start, cfg.num_train_steps):
