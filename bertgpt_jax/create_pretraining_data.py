@@ -218,7 +218,7 @@ def _resolve_tokenizer(output_dir: str, input_file: str, tokenizer, vocab_file, 
         if train_max_sentences:
             sentences = itertools.islice(sentences, train_max_sentences)
         tokenizer = tokenization.train_tokenizer(sentences, kind=train_tokenizer, vocab_size=vocab_size,
-                                                 do_lower_case=do_lower_case)
+                                                 do_lower_case=True if do_lower_case is None else do_lower_case)
     if os.path.isdir(tok_dir):
         if tokenization.from_file(tok_dir).fingerprint != tokenizer.fingerprint:
             raise ValueError(f"{output_dir} holds a store made with another tokenizer ({tok_dir}); "
@@ -243,14 +243,15 @@ def _total_bytes(input_file: str) -> int | None:
 
 def create_token_store(input_file: str = corpus.DEFAULT, output_dir: str = "", *, vocab_file: str | None = None,
                        tokenizer: Tokenizer | None = None, train_tokenizer: str = "wordpiece",
-                       vocab_size: int = 8192, do_lower_case: bool = True, validation_fraction: float = 0.02,
+                       vocab_size: int = 8192, do_lower_case: bool | None = None, validation_fraction: float = 0.02,
                        split_seed: int = 0, max_shard_tokens: int = 1 << 26, num_workers: int | None = None,
                        text_field: str = "text", unit_bytes: int = 1 << 18, train_max_sentences: int | None = None,
                        progress: bool = True) -> str:
     """Tokenizes ``input_file`` into a token store in ``output_dir`` and returns ``output_dir``.
 
     The tokenizer is ``tokenizer``, else loaded from ``vocab_file``, else (when neither is given) trained on
-    the corpus: ``train_tokenizer`` (wordpiece | bpe | sentencepiece) with ``vocab_size`` and ``do_lower_case``.
+    the corpus: ``train_tokenizer`` (wordpiece | bpe | sentencepiece) with ``vocab_size`` and ``do_lower_case``
+    (None: as the vocabulary's files say, True when they cannot say or for training).
     ``num_workers`` tokenizing processes (default: every core, or this process alone for inputs under 4 MiB;
     0 tokenizes in this process).
     """
@@ -399,7 +400,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("output_dir", None, "Directory of the token store to write.")
     flags.DEFINE_string("vocab_file", None, "Tokenizer to use (vocab.txt, tokenizer.json, *.tiktoken, *.model, "
                         "a saved directory); when absent one is trained on the corpus.")
-    flags.DEFINE_bool("do_lower_case", True, "Lower-case the input (WordPiece vocab.txt, and training).")
+    flags.DEFINE_bool("do_lower_case", None, "Lower-case the input. Default: as the vocab_file's directory says "
+                      "(tokenizer_config.json), else True; for training, True.")
     flags.DEFINE_enum("train_tokenizer", "wordpiece", ["wordpiece", "bpe", "sentencepiece"],
                       "Kind of tokenizer to train when no vocab_file is given.")
     flags.DEFINE_integer("vocab_size", 8192, "Vocabulary size when training a tokenizer.")

@@ -115,8 +115,14 @@ def test_wordpiece_loads_every_format_and_round_trips(minilm_dir, tmp_path):
     assert from_txt.vocab_size == 30522
     saved = tokenization.from_file(from_txt.save(str(tmp_path / "saved")))
     assert saved.fingerprint == from_txt.fingerprint and saved.encode(MIXED[2]) == from_txt.encode(MIXED[2])
+    assert from_dir.fingerprint == from_txt.fingerprint  # a directory's vocab.txt comes first
     cased = tokenization.from_file(os.path.join(minilm_dir, "vocab.txt"), do_lower_case=False)
     assert cased.fingerprint != from_txt.fingerprint
+    cased_dir = tmp_path / "cased"
+    cased_dir.mkdir()
+    (cased_dir / "vocab.txt").write_text("\n".join(from_txt.vocab) + "\n", encoding="utf-8")
+    (cased_dir / "tokenizer_config.json").write_text('{"do_lower_case": false}', encoding="utf-8")
+    assert tokenization.from_file(str(cased_dir)).fingerprint == cased.fingerprint
     assert from_txt.decode(from_txt.encode("Hello, unaffable world.")) == "hello, unaffable world."
     table = from_txt.word_start_table()
     vocab = from_txt.vocab

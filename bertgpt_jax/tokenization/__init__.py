@@ -58,7 +58,9 @@ def _from_dir(path: str, do_lower_case: bool | None) -> Tokenizer:
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
         return _from_meta(path, meta)
-    candidates = ["tokenizer.json", "vocab.txt", "vocab.json"]
+    # vocab.txt before tokenizer.json: the original BERT format, read with the original rules (a word
+    # limit of 200 characters; HF files often say 100), and do_lower_case from tokenizer_config.json.
+    candidates = ["vocab.txt", "tokenizer.json", "vocab.json"]
     for name in candidates:
         if os.path.exists(os.path.join(path, name)):
             if name == "vocab.json":
