@@ -90,3 +90,22 @@ def test_default_corpus_is_embedded_real_text():
     # The builder reads Python's own documentation (nothing imported) in the same document format.
     first = list(itertools.islice(corpus.python_documentation_documents(), 3))
     assert len(first) == 3 and all(len(d) >= 1 and all(isinstance(s, str) and s for s in d) for d in first)
+
+
+def test_tfds_source_through_data_source(monkeypatch):
+    """The TFDS path against a stand-in module with tfds.data_source's contract (the package itself is an
+    optional extra: its dependencies weigh ~90 MB)."""
+    import sys
+    import types
+
+    calls = []
+
+    def data_source(name, split):
+        calls.append((name, split))
+        return [{"text": b"First doc. Two sentences."}, {"text": b""}, {"text": b"Bad \xff byte."}]
+
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", types.SimpleNamespace(data_source=data_source))
+    docs, stats = _read("tfds:wikipedia/20230601.en:validation")
+    assert calls == [("wikipedia/20230601.en", "validation")]
+    assert docs == [["First doc.", "Two sentences."], ["Bad \ufffd byte."]]
+    assert stats.skipped["empty_documents"] == 1 and stats.skipped["invalid_utf8_lines"] == 1

@@ -210,12 +210,13 @@ def iter_units(input_file: str, stats: CorpusStats, text_field: str = "text",
     if input_file == DEFAULT:
         input_file = DEFAULT_CORPUS
     if input_file.startswith("tfds:"):
-        batch = []
+        batch, size = [], 0
         for doc in read_tfds(input_file, stats, text_field):
             batch.append(doc)
-            if sum(len(s) for d in batch for s in d) >= block_bytes:
+            size += sum(len(s) for s in doc)
+            if size >= block_bytes:
                 yield "docs", batch
-                batch = []
+                batch, size = [], 0
         if batch:
             yield "docs", batch
         return
