@@ -204,15 +204,21 @@ class ModelConfig:
             return cls.from_dict(json.load(f))
 
     def save_hf(self, path: str) -> None:
-        """Writes ``config.json`` (``path`` is a directory or a file name)."""
+        """Writes ``config.json`` (``path`` is a directory or a file name), atomically."""
         if os.path.isdir(path):
             path = os.path.join(path, "config.json")
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_hf_dict(), f, indent=2, sort_keys=True)
+        _write_json_atomic(path, self.to_hf_dict())
 
     def save_bert_config(self, path: str) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_bert_config_dict(), f, indent=2, sort_keys=True)
+        _write_json_atomic(path, self.to_bert_config_dict())
+
+
+def _write_json_atomic(path: str, obj: dict) -> None:
+    # A reader never sees half a file: write beside the target, then rename over it.
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
 
 
 def _bert(layers: int, hidden: int, heads: int) -> ModelConfig:
