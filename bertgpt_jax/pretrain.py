@@ -154,7 +154,8 @@ def main(argv) -> None:
         logging.set_verbosity(logging.WARNING)
     cfg = config_from_flags()
     _init_distributed()
-    if cfg.dataset != "synthetic" and not os.path.exists(os.path.join(cfg.dataset, "manifest.json")):
+    local = "://" not in cfg.dataset  # gs:// and other remote stores are checked when opened
+    if cfg.dataset != "synthetic" and local and not os.path.exists(os.path.join(cfg.dataset, "manifest.json")):
         if not F.build_store_from:
             raise app.UsageError(f"--dataset {cfg.dataset} is not a token store (no manifest.json); build one with "
                                  "python -m bertgpt_jax.create_pretraining_data, or pass --build_store_from")

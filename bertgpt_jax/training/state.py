@@ -56,12 +56,15 @@ def _state_fn(model: nn.Module, is_bert: bool, optimizer: optax.GradientTransfor
     return make
 
 
-def abstract_state(model: nn.Module, is_bert: bool, optimizer: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+def abstract_state(model: nn.Module, is_bert: bool, optimizer: optax.GradientTransformation,
+                   mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh,
                    seq_len: int, max_predictions: int = 1) -> tuple[TrainState, TrainState]:
     """``(abstract_state, shardings)``: shapes/dtypes via ``eval_shape`` and each leaf's NamedSharding."""
     inputs = example_inputs(is_bert, sharding.data_parallel_size(mesh), seq_len, max_predictions)
     key = jax.random.PRNGKey(0)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+    # An AbstractMesh (a pod's mesh planned on a laptop) gives shapes and shardings without devices.
+    use_mesh = jax.sharding.use_abstract_mesh if isinstance(mesh, jax.sharding.AbstractMesh) else jax.set_mesh
+    with use_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
         boxed = jax.eval_shape(_state_fn(model, is_bert, optimizer, inputs, boxed=True), key)
         specs = nn.get_partition_spec(boxed)
         shardings = nn.logical_to_mesh_sharding(specs, mesh, sharding.RULES)
