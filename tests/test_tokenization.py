@@ -99,6 +99,21 @@ def test_wordpiece_every_character_class_matches(minilm_dir, lower):
     assert not bad, f"{len(bad)} code points differ (Python unicodedata {unicodedata.unidata_version}): {bad[:5]}"
 
 
+@pytest.mark.parametrize("lower", [True, False])
+def test_wordpiece_ascii_fast_path_matches(minilm_dir, lower):
+    """ASCII text takes the stock Rust normaliser: every ASCII character in context, and random ASCII text."""
+    ref = _reference_bert(os.path.join(minilm_dir, "vocab.txt"), lower)
+    ours = tokenization.from_file(os.path.join(minilm_dir, "vocab.txt"), do_lower_case=lower)
+    rng = random.Random(5)
+    texts = [f"Ab{chr(c)}cd e{chr(c)} {chr(c)}x{chr(c)}" for c in range(128)]
+    texts += ["".join(chr(rng.randrange(128)) for _ in range(rng.randint(1, 80))) for _ in range(500)]
+    texts += ["A" * 201 + " ok", "Hello, World!!", "x\x0by\x0cz\x1c\x1fw\x7fv"]
+    want = [_ref_tokenize(ref, t) for t in texts]
+    assert [ours.tokenize(t) for t in texts] == want
+    mixed = texts[:50] + MIXED  # a batch that mixes both paths keeps its order
+    assert ours.encode_batch(mixed) == [ref.convert_tokens_to_ids(_ref_tokenize(ref, t)) for t in mixed]
+
+
 def test_wordpiece_loads_every_format_and_round_trips(minilm_dir, tmp_path):
     from_txt = tokenization.from_file(os.path.join(minilm_dir, "vocab.txt"))
     from_dir = tokenization.from_file(minilm_dir)

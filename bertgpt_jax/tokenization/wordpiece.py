@@ -136,12 +136,19 @@ class WordPieceTokenizer(Tokenizer):
         self.unk_token = unk_token
         names = dict(_SPECIAL_TOKENS, unk=unk_token)
         self.special.update({name: index.get(tok) for name, tok in names.items()})
-        hf = HFTokenizer(models.WordPiece(index, unk_token=unk_token, continuing_subword_prefix="##",
-                                          max_input_chars_per_word=self.max_input_chars_per_word))
-        hf.normalizer = _normalizer(self.do_lower_case)
-        hf.pre_tokenizer = _pre_tokenizer(self.tokenize_chinese_chars)
-        hf.decoder = decoders.WordPiece(prefix="##")
-        self.hf = hf
+        def build(normalizer, pre_tokenizer) -> HFTokenizer:
+            hf = HFTokenizer(models.WordPiece(index, unk_token=unk_token, continuing_subword_prefix="##",
+                                              max_input_chars_per_word=self.max_input_chars_per_word))
+            hf.normalizer, hf.pre_tokenizer = normalizer, pre_tokenizer
+            hf.decoder = decoders.WordPiece(prefix="##")
+            return hf
+
+        self.hf = build(_normalizer(self.do_lower_case), _pre_tokenizer(self.tokenize_chinese_chars))
+        # On ASCII text the stock Rust BERT normaliser and pre-tokenizer agree with the reference (tested)
+        # and run about a third faster than the exact pipeline above, which Unicode text needs.
+        self.hf_ascii = build(normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=False,
+                                                         strip_accents=False, lowercase=self.do_lower_case),
+                              pre_tokenizers.BertPreTokenizer())
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
@@ -193,14 +200,28 @@ class WordPieceTokenizer(Tokenizer):
     def vocab_size(self) -> int:
         return len(self.vocab)
 
+    def _pipeline(self, text: str) -> HFTokenizer:
+        return self.hf_ascii if text.isascii() else self.hf
+
     def tokenize(self, text: str) -> list[str]:
-        return self.hf.encode(text, add_special_tokens=False).tokens
+        return self._pipeline(text).encode(text, add_special_tokens=False).tokens
 
     def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=False).ids
+        return self._pipeline(text).encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.hf.encode_batch_fast(list(texts), add_special_tokens=False)]
+        texts = list(texts)
+        unicode = [i for i, t in enumerate(texts) if not t.isascii()]
+        if not unicode:
+            return [e.ids for e in self.hf_ascii.encode_batch_fast(texts, add_special_tokens=False)]
+        if len(unicode) == len(texts):
+            return [e.ids for e in self.hf.encode_batch_fast(texts, add_special_tokens=False)]
+        is_unicode = np.zeros(len(texts), bool)
+        is_unicode[unicode] = True
+        exact = iter(self.hf.encode_batch_fast([texts[i] for i in unicode], add_special_tokens=False))
+        fast = iter(self.hf_ascii.encode_batch_fast([t for t, u in zip(texts, is_unicode) if not u],
+                                                    add_special_tokens=False))
+        return [(next(exact) if u else next(fast)).ids for u in is_unicode]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)
