@@ -9,6 +9,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from bertgpt_jax import configs, models, sharding
+from tests.model_params import random_params
 
 TINY = dict(vocab_size=256, hidden_size=32, num_attention_heads=4, intermediate_size=64, num_hidden_layers=2,
             max_position_embeddings=32)
@@ -62,8 +63,11 @@ def test_sharded_init_and_same_loss_and_grads_as_one_device(name, scan):
         abstract = jax.eval_shape(init, jax.random.key(0))
         specs = nn.get_partition_spec(abstract)
         out_shardings = nn.logical_to_mesh_sharding(specs, mesh, sharding.RULES)
-        variables = jax.jit(init, out_shardings=out_shardings)(jax.random.key(0))
-        params = nn.unbox(variables)["params"]
+        if cfg.is_bert:  # the trainer's path: parameters born sharded
+            params = nn.unbox(jax.jit(init, out_shardings=out_shardings)(jax.random.key(0)))["params"]
+        else:  # host weights placed onto the same shardings (compiling init twice only costs time)
+            params = jax.device_put(random_params(model, batch["input_ids"], std=0.05),
+                                    nn.unbox(out_shardings)["params"])
         stack = params["encoder"]["layer_0"] if not scan else params["h"]["layers"]
         lead = () if not scan else (None,)
         # Weights really are split: embed over fsdp, heads over tensor.

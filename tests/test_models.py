@@ -66,7 +66,7 @@ def test_gpt2_causality_by_gradient():
         p["wpe"] = {"embedding": jnp.asarray(params["wpe"]["embedding"]).at[:T].add(x_TxD)}
         return model.apply({"params": p}, ids).logits[0].sum(-1)  # [T]
 
-    jac_TxTxD = jax.jacrev(logits_from_emb)(jnp.zeros((T, cfg.hidden_size)))
+    jac_TxTxD = jax.jit(jax.jacrev(logits_from_emb))(jnp.zeros((T, cfg.hidden_size)))
     influence_TxT = np.abs(np.asarray(jac_TxTxD)).sum(-1)
     assert np.all(influence_TxT[np.triu_indices(T, 1)] == 0.0)
     assert np.all(influence_TxT[np.tril_indices(T)] > 0.0)  # and the past does matter
