@@ -15,10 +15,12 @@ import dataclasses
 import json
 import os
 import shutil
+import struct
 import tempfile
 from typing import Any, Optional
 
 import jax
+import ml_dtypes
 import numpy as np
 from absl import logging
 
@@ -260,24 +262,53 @@ def _fresh_heads(cfg: ModelConfig, groups: list[str], seed: int) -> Params:
     return out
 
 
-def load_safetensors(path: str) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+                       "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+                       "BOOL": np.bool_}
 
+
+def load_safetensors(path: str) -> dict[str, np.ndarray]:
+    """Memory-mapped tensors of a ``.safetensors`` file, bf16 included (``safetensors.numpy`` rejects it)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist (expected an HF checkpoint in safetensors format)")
-    return load_file(path)
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"tensor {name} in {path} has dtype {info['dtype']}, which is not supported")
+        start, end = info["data_offsets"]
+        out[name] = data[start:end].view(_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+    return out
+
+
+def load_hf_tensors(hf_dir: str) -> dict[str, np.ndarray]:
+    """All tensors of an HF directory: ``model.safetensors`` or shards listed in ``model.safetensors.index.json``."""
+    index = os.path.join(hf_dir, SAFETENSORS + ".index.json")
+    if not os.path.exists(os.path.join(hf_dir, SAFETENSORS)) and os.path.exists(index):
+        with open(index, encoding="utf-8") as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+        tensors: dict[str, np.ndarray] = {}
+        for name in files:
+            tensors.update(load_safetensors(os.path.join(hf_dir, name)))
+        return tensors
+    return load_safetensors(os.path.join(hf_dir, SAFETENSORS))
 
 
 def from_hf(hf_dir: str, init_missing_heads: bool = False, scan_layers: bool = False,
             seed: int = 0) -> tuple[ModelConfig, Params]:
-    """``(cfg, params)`` from an HF directory holding ``config.json`` and ``model.safetensors``.
+    """``(cfg, params)`` from an HF directory holding ``config.json`` and ``model.safetensors`` (or shards).
 
     BERT checkpoints without pretraining heads (BertModel) give params without ``mlm``/``nsp`` unless
     ``init_missing_heads=True``. ``scan_layers=True`` returns the stacked layout for ``cfg.scan_layers``.
     Params are host numpy arrays; ``jax.device_put`` them with the shardings you need.
     """
     cfg = ModelConfig.from_json_file(os.path.join(hf_dir, CONFIG))
-    params = params_from_hf_tensors(cfg, load_safetensors(os.path.join(hf_dir, SAFETENSORS)),
+    params = params_from_hf_tensors(cfg, load_hf_tensors(hf_dir),
                                     init_missing_heads=init_missing_heads, seed=seed)
     if scan_layers:
         cfg = cfg.replace(scan_layers=True)

@@ -268,3 +268,18 @@ def test_cli_help_explains():
     res = subprocess.run([sys.executable, "-m", "bertgpt_jax.convert", "--helpfull"], capture_output=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(__file__)))
     assert "--from_hf" in res.stdout and "--to_hf" in res.stdout and "init_missing_heads" in res.stdout
+
+
+def test_bf16_and_sharded_checkpoints_import(tmp_path):
+    cfg = configs.get("gpt2").replace(**TINY)
+    hf = _hf_model(transformers.GPT2LMHeadModel, cfg)
+    _, ref = convert.from_hf(_save(hf, tmp_path / "fp32"))
+    hf.to(torch.bfloat16).save_pretrained(str(tmp_path / "bf16"))
+    _, bf16 = convert.from_hf(str(tmp_path / "bf16"))
+    kernel = ref["h"]["layer_0"]["mlp"]["wi"]["kernel"]
+    assert bf16["h"]["layer_0"]["mlp"]["wi"]["kernel"].dtype == np.float32
+    np.testing.assert_allclose(bf16["h"]["layer_0"]["mlp"]["wi"]["kernel"], kernel, rtol=1e-2)
+    hf.to(torch.float32).save_pretrained(str(tmp_path / "shards"), max_shard_size="20KB")
+    assert (tmp_path / "shards" / "model.safetensors.index.json").exists()
+    _, sharded = convert.from_hf(str(tmp_path / "shards"))
+    jax.tree.map(np.testing.assert_array_equal, sharded, bf16)  # the same (bf16-rounded) weights
