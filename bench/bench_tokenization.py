@@ -60,6 +60,7 @@ def main() -> None:
     from bertgpt_jax.tokenization.bpe import GPT2_PATTERN
     from tests import artifacts
 
+    load_before = os.getloadavg()[0]
     work = tempfile.mkdtemp(prefix="bench_tok_")
     path = os.path.join(work, "corpus.txt")
     docs = _write_corpus(path, args.mb)
@@ -133,7 +134,8 @@ def main() -> None:
     stage_bpe, tik_1, tik_batch = bp["stage"], bp["doc_1"], bp["batch"]
 
     print(f"\ncorpus: {mb:.1f} MB ({len(docs)} documents, {len(sentences)} sentences); "
-          f"{os.cpu_count()} cores; pure-Python reference on {ref_bytes / 1e6:.1f} MB")
+          f"{os.cpu_count()} cores; pure-Python reference on {ref_bytes / 1e6:.1f} MB; load average "
+          f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (above 0 = other work shared the cores)")
     print(f"{'kind':<10} {'what':<58} {'MB/s':>7}")
     for kind, what, rate in rows:
         print(f"{kind:<10} {what:<58} {rate:7.2f}")
