@@ -84,11 +84,10 @@ def encode_documents(tokenizer: Tokenizer, docs: Sequence[Sequence[str]], dtype:
     if hasattr(tokenizer, "encode_document"):  # whole-document encoding (byte-level BPE), as arrays
         for doc in docs:
             tokens, ends = tokenizer.encode_document(doc)
-            ends = np.asarray(ends, np.int64)
-            lengths = np.diff(ends, prepend=0)
-            empty = int((lengths == 0).sum())
-            if empty:
-                ends = ends[lengths > 0]
+            empty = 0
+            if ends[0] == 0 or len(set(ends)) != len(ends):  # rare: a sentence gave no token
+                kept = sorted(set(e for e in ends if e > 0))
+                empty, ends = len(ends) - len(kept), kept
             out.append((token_store.encode_document(tokens, ends, dtype), len(ends), len(tokens), empty)
                        if len(tokens) else (None, 0, 0, len(doc)))
         return out
