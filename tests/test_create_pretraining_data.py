@@ -202,3 +202,23 @@ def test_streams_with_bounded_memory(gpt2_tiktoken, tmp_path):
         assert m["input"]["bytes"] == os.path.getsize(path)
         assert m["input"]["documents"] == mb * 1_000_000 // len(doc)
     assert peaks[8] - peaks[2] < 1_000_000, f"peak Python memory {peaks} grows with the corpus"
+
+
+def test_sentences_without_tokens_are_dropped_and_counted():
+    class WholeDocument:  # a document tokenizer whose first and last sentences give no token
+        def encode_document(self, doc):
+            return np.array([5, 6], np.int64), [0, 2, 2]
+
+    class PerSentence:
+        def encode_batch(self, texts):
+            return [[7] * len(t) for t in texts]
+
+    dtype = np.dtype("<u2")
+    (record, sentences, tokens, empty), = cpd.encode_documents(WholeDocument(), [["", "ab", ""]], dtype)
+    assert (sentences, tokens, empty) == (1, 2, 2)
+    ids, ends = token_store.decode_document(record, dtype)
+    assert ids.tolist() == [5, 6] and ends.tolist() == [2]
+    out = cpd.encode_documents(PerSentence(), [["ab", "", "c"], ["", ""]], dtype)
+    assert [o[1:] for o in out] == [(2, 3, 1), (0, 0, 2)] and out[1][0] is None
+    ids, ends = token_store.decode_document(out[0][0], dtype)
+    assert ids.tolist() == [7, 7, 7] and ends.tolist() == [2, 3]
