@@ -19,8 +19,6 @@ import optax
 
 
 def _jax_step(cfg, batch, dropout_impl):
-    import flax.linen as nn
-
     from bertgpt_jax import models
     from tests.model_params import random_params
 
@@ -41,13 +39,12 @@ def _jax_step(cfg, batch, dropout_impl):
         out = model.apply({"params": p}, b["input_ids"], deterministic=False, rngs={"dropout": rng})
         return optax.softmax_cross_entropy_with_integer_labels(out.logits[:, :-1], b["input_ids"][:, 1:]).mean()
 
-    @jax.jit
     def step(p, o, b, rng):
         loss, g = jax.value_and_grad(loss_fn)(p, b, rng)
         updates, o = tx.update(g, o, p)
         return optax.apply_updates(p, updates), o, loss
 
-    step = jax.jit(step.__wrapped__ if hasattr(step, "__wrapped__") else step, donate_argnums=(0, 1))
+    step = jax.jit(step, donate_argnums=(0, 1))
     state = {"p": params, "o": opt, "rng": jax.random.key(0, impl=dropout_impl)}
     b = jax.tree.map(jnp.asarray, batch)
 
@@ -77,14 +74,16 @@ def _torch_step(cfg, batch):
         if cfg.is_bert:
             out = model(t["input_ids"], attention_mask=t["input_mask"], token_type_ids=t["segment_ids"])
             # transformers computes logits at every position; the loss reads the masked ones.
-            logits = out.prediction_logits.gather(1, t["masked_lm_positions"][:, :, None].expand(-1, -1, cfg.vocab_size))
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, cfg.vocab_size), t["masked_lm_ids"].reshape(-1))
+            index = t["masked_lm_positions"][:, :, None].expand(-1, -1, cfg.vocab_size)
+            logits = out.prediction_logits.gather(1, index)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, cfg.vocab_size),
+                                                     t["masked_lm_ids"].reshape(-1))
             loss = loss + torch.nn.functional.cross_entropy(out.seq_relationship_logits, t["next_sentence_labels"])
         else:
             loss = model(t["input_ids"], labels=t["input_ids"]).loss
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     return run
 
@@ -94,7 +93,8 @@ def main():
     ap.add_argument("--model", choices=["bert", "gpt2"], default="bert")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--dropout_impl", default="threefry2x32", help="PRNG behind dropout: threefry2x32 | rbg | unsafe_rbg")
+    ap.add_argument("--dropout_impl", default="threefry2x32",
+                    help="PRNG behind dropout: threefry2x32 | rbg | unsafe_rbg")
     ap.add_argument("--no_torch", action="store_true")
     args = ap.parse_args()
 

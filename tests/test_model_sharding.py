@@ -2,11 +2,10 @@
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import PartitionSpec
 
 from bertgpt_jax import configs, models, sharding
 from tests.model_params import random_params
@@ -80,7 +79,8 @@ def test_sharded_init_and_same_loss_and_grads_as_one_device(name, scan):
 
     one = jax.devices()[0]
     params1 = jax.device_put(jax.device_get(params), one)
-    loss1, grads1 = jax.jit(jax.value_and_grad(lambda p, b: _loss(model, cfg, p, b)))(params1, jax.device_put(batch, one))
+    grad_fn = jax.jit(jax.value_and_grad(lambda p, b: _loss(model, cfg, p, b)))
+    loss1, grads1 = grad_fn(params1, jax.device_put(batch, one))
     assert np.isfinite(float(loss1)) and float(loss1) > 1.0
     np.testing.assert_allclose(float(loss8), float(loss1), rtol=0, atol=1e-5)
     flat1 = jax.tree_util.tree_leaves_with_path(jax.device_get(grads1))

@@ -1,6 +1,5 @@
 """Model behaviour: shapes, heads at masked positions only, causality, padding invariance, dtypes, layouts."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
