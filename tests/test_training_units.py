@@ -99,3 +99,25 @@ def test_lamb_scales_each_update_to_its_layer_norm():
     for k in params:
         np.testing.assert_allclose(float(jnp.linalg.norm(updates[k])), 0.1 * float(jnp.linalg.norm(params[k])),
                                    rtol=1e-4)
+
+
+def test_fused_chunked_lm_loss_matches_full_logits():
+    k = jax.random.split(jax.random.PRNGKey(0), 3)
+    h, table = jax.random.normal(k[0], (2, 8, 6)), jax.random.normal(k[1], (11, 6))
+    batch = {"targets": jax.random.randint(k[2], (2, 8), -1, 11)}  # -1: padding, not counted
+
+    def full(h, table):
+        s = losses.gpt_sums(jnp.einsum("btd,vd->btv", h, table), batch)
+        return s["lm_loss_sum"], s
+
+    def fused(h, table):
+        s = losses.fused_gpt_sums(h, table, batch, chunk=2)
+        return s["lm_loss_sum"], s
+
+    (a, sa), ga = jax.value_and_grad(full, argnums=(0, 1), has_aux=True)(h, table)
+    (b, sb), gb = jax.jit(jax.value_and_grad(fused, argnums=(0, 1), has_aux=True))(h, table)
+    np.testing.assert_allclose(float(a), float(b), rtol=1e-5)
+    assert float(sa["lm_correct_sum"]) == float(sb["lm_correct_sum"]) and float(sb["lm_count"]) < 16
+    for x, y in zip(ga, gb):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
+    assert losses.lm_chunk_size(256, 8, 50257) == 64

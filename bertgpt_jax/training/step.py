@@ -34,9 +34,12 @@ def model_sums(model: nn.Module, is_bert: bool, params: Any, batch: dict, *, det
                           token_type_ids=batch["segment_ids"], masked_lm_positions=batch["masked_lm_positions"],
                           deterministic=deterministic, rngs=rngs)
         return losses.bert_sums(out.mlm_logits, out.nsp_logits, batch)
+    # GPT-2's LM head is the token table (tied): the loss projects onto it chunk by chunk instead of
+    # asking the model for [B, T, V] logits.
     out = model.apply({"params": params}, batch["input_ids"], segment_ids=batch.get("segment_ids"),
-                      position_ids=batch.get("position_ids"), deterministic=deterministic, rngs=rngs)
-    return losses.gpt_sums(out.logits, batch)
+                      position_ids=batch.get("position_ids"), deterministic=deterministic, rngs=rngs,
+                      return_logits=False)
+    return losses.fused_gpt_sums(out.last_hidden_state, params["wte"]["embedding"], batch)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,173 @@
+"""Train-step throughput, side by side: our jitted JAX step vs transformers' PyTorch step (+ AdamW).
+
+    python bench/bench_train_step.py [--steps 8] [--output results.json]
+
+Shapes: BERT-small (L4/H512/A8, vocab 30522) at batch 16 x 128 with 20 masked positions, and the same
+shape as GPT-2 (vocab 50257) at batch 8 x 256. fp32 on CPU. Each side runs in its own subprocess so its
+peak memory (ru_maxrss) is its own; the JAX BERT process also times a plain jitted f32 matmul, the
+reference rate for the step's model FLOPs per second. Timings on a shared machine drift: read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+# Runs from a checkout without installing the package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+BERT = dict(layers=4, hidden=512, heads=8, vocab=30522, batch=16, seq=128, preds=20)
+GPT = dict(layers=4, hidden=512, heads=8, vocab=50257, batch=8, seq=256)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _time_steps(step, steps: int, warmup: int = 2) -> float:
+    """Median seconds per step after ``warmup`` steps; ``step()`` must block until its work is done."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def run_jax(kind: str, steps: int) -> dict:
+    import jax
+    import numpy as np
+
+    from bertgpt_jax import configs, models, sharding
+    from bertgpt_jax.training import metrics, optimizers, schedules, synthetic
+    from bertgpt_jax.training import state as state_lib
+    from bertgpt_jax.training import step as step_lib
+    from bertgpt_jax.training.inputs import place
+
+    shape = BERT if kind == "bert" else GPT
+    base = configs.get("bert-small" if kind == "bert" else "gpt2")
+    cfg = base.replace(num_hidden_layers=shape["layers"], hidden_size=shape["hidden"],
+                       num_attention_heads=shape["heads"], intermediate_size=4 * shape["hidden"],
+                       vocab_size=shape["vocab"])
+    model = models.from_config(cfg)
+    mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    sched = schedules.warmup_then_decay(1e-4, 10_000, 100)
+    opt = optimizers.make_optimizer("adamw", sched)
+    preds = shape.get("preds", 1)
+    _, shardings = state_lib.abstract_state(model, cfg.is_bert, opt, mesh, shape["seq"], preds)
+    state = state_lib.create_state(model, cfg.is_bert, opt, mesh, shape["seq"], 0, preds, shardings=shardings)
+    it = synthetic.SyntheticIterator(cfg.model_type, shape["batch"], shape["seq"], cfg.vocab_size,
+                                     max_predictions_per_seq=preds)
+    batches = [place(next(it), mesh, shape["batch"], True) for _ in range(2)]
+    bs = step_lib.batch_shardings(mesh, {k: v.shape for k, v in batches[0].items()})
+    fn = step_lib.jit_train_step(step_lib.make_train_step(model, cfg.is_bert, opt, sched), mesh, shardings, bs)
+    box = {"state": state, "i": 0}
+
+    def step():
+        box["state"], m = fn(box["state"], batches[box["i"] % 2])
+        box["i"] += 1
+        m["loss"].block_until_ready()
+
+    seconds = _time_steps(step, steps)
+    tokens = shape["batch"] * shape["seq"]
+    flops = models.flops_per_token(cfg, shape["seq"], preds if cfg.is_bert else None) * tokens
+    out = {"side": f"jax_{kind}", "seconds_per_step": seconds, "tokens_per_sec": tokens / seconds,
+           "model_gflops_per_sec": flops / seconds / 1e9, "peak_rss_mb": _peak_rss_mb()}
+    if kind == "bert":
+        out["matmul_gflops_per_sec"] = metrics.measured_matmul_flops(n=2048, repeats=5) / 1e9
+    return out
+
+
+def run_torch(kind: str, steps: int) -> dict:
+    import numpy as np
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    torch.set_num_threads(os.cpu_count() or 1)
+    shape = BERT if kind == "bert" else GPT
+    B, T = shape["batch"], shape["seq"]
+    rng = np.random.default_rng(0)
+    if kind == "bert":
+        config = transformers.BertConfig(vocab_size=shape["vocab"], hidden_size=shape["hidden"],
+                                         num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"],
+                                         intermediate_size=4 * shape["hidden"])
+        model = transformers.BertForPreTraining(config)
+        ids = torch.tensor(rng.integers(5, shape["vocab"], (B, T)))
+        labels = torch.full((B, T), -100)
+        for b in range(B):
+            pos = rng.choice(T, shape["preds"], replace=False)
+            labels[b, pos] = ids[b, pos]
+        inputs = dict(input_ids=ids, attention_mask=torch.ones(B, T, dtype=torch.long),
+                      token_type_ids=torch.zeros(B, T, dtype=torch.long), labels=labels,
+                      next_sentence_label=torch.tensor(rng.integers(0, 2, B)))
+    else:
+        config = transformers.GPT2Config(vocab_size=shape["vocab"], n_embd=shape["hidden"], n_layer=shape["layers"],
+                                         n_head=shape["heads"], n_positions=1024)
+        model = transformers.GPT2LMHeadModel(config)
+        ids = torch.tensor(rng.integers(0, shape["vocab"], (B, T)))
+        inputs = dict(input_ids=ids, labels=ids)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = model(**inputs).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    seconds = _time_steps(step, steps)
+    return {"side": f"torch_{kind}", "seconds_per_step": seconds, "tokens_per_sec": B * T / seconds,
+            "peak_rss_mb": _peak_rss_mb()}
+
+
+def _subprocess(side: str, steps: int) -> dict:
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--side", side, "--steps", str(steps)],
+                         capture_output=True, text=True, check=False,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if out.returncode != 0:
+        raise RuntimeError(f"{side} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per side (after 2 warmup steps)")
+    parser.add_argument("--side", choices=["jax_bert", "torch_bert", "jax_gpt", "torch_gpt"], help=argparse.SUPPRESS)
+    parser.add_argument("--output", help="also write the results as JSON here")
+    args = parser.parse_args()
+    if args.side:
+        kind = args.side.split("_")[1]
+        result = run_jax(kind, args.steps) if args.side.startswith("jax") else run_torch(kind, args.steps)
+        print(json.dumps(result))
+        return
+    r = {side: _subprocess(side, args.steps) for side in ("jax_bert", "torch_bert", "jax_gpt", "torch_gpt")}
+    summary = {
+        "bert_speedup_vs_torch": r["jax_bert"]["tokens_per_sec"] / r["torch_bert"]["tokens_per_sec"],
+        "gpt_speedup_vs_torch": r["jax_gpt"]["tokens_per_sec"] / r["torch_gpt"]["tokens_per_sec"],
+        "bert_model_flops_over_matmul": r["jax_bert"]["model_gflops_per_sec"] / r["jax_bert"]["matmul_gflops_per_sec"],
+    }
+    for side, res in r.items():
+        print(f"{side:11s} {res['tokens_per_sec']:8.0f} tokens/s  {res['seconds_per_step'] * 1e3:7.0f} ms/step  "
+              f"peak RSS {res['peak_rss_mb']:6.0f} MB"
+              + (f"  model {res['model_gflops_per_sec']:.0f} GFLOP/s" if "model_gflops_per_sec" in res else "")
+              + (f"  (matmul {res['matmul_gflops_per_sec']:.0f} GFLOP/s)" if "matmul_gflops_per_sec" in res else ""))
+    print(f"BERT: {summary['bert_speedup_vs_torch']:.2f}x torch (target >= 2x); model FLOP/s "
+          f"{summary['bert_model_flops_over_matmul']:.0%} of a plain f32 matmul (target >= 80%)")
+    print(f"GPT:  {summary['gpt_speedup_vs_torch']:.2f}x torch (target >= 1.2x)")
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump({"results": r, "summary": summary}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
