@@ -78,11 +78,11 @@ def main() -> None:
             create_pretraining_data.create_token_store(path, out, vocab_file=vocab_file, progress=False)
         return run
 
-    def interleaved(named: dict) -> dict:
-        """Best rate of each measurement over ``repeat`` rounds that alternate between them, so a burst of
+    def interleaved(named: dict, rounds: int) -> dict:
+        """Best rate of each measurement over ``rounds`` rounds that alternate between them, so a burst of
         load from other work on the machine hurts all of them alike."""
         best = dict.fromkeys(named, 0.0)
-        for _ in range(args.repeat):
+        for _ in range(rounds):
             for name, (fn, size_mb) in named.items():
                 best[name] = max(best[name], size_mb / _timed(fn))
         return best
@@ -106,7 +106,7 @@ def main() -> None:
                     ref_bytes / 1e6),
         "stock": (lambda: [stock.encode_batch_fast(c, add_special_tokens=False) for c in chunks], mb),
         "ours": (lambda: [ours.hf.encode_batch_fast(c, add_special_tokens=False) for c in chunks], mb),
-        "stage": (stage(os.path.join(vocab_dir, "vocab.txt")), mb)})
+        "stage": (stage(os.path.join(vocab_dir, "vocab.txt")), mb)}, args.repeat)
     rows += [("wordpiece", "pure Python BertTokenizerLegacy (1 core)", wp["python"]),
              ("wordpiece", "HF tokenizers encode, stock tokenizer.json (1 core)", wp["stock_1"]),
              ("wordpiece", "HF tokenizers encode_batch, stock tokenizer.json", wp["stock"]),
@@ -125,7 +125,7 @@ def main() -> None:
         "lines": (lambda: [enc.encode_ordinary(s) for s in sentences[:len(ref_sents)]], line_mb),
         "doc_1": (lambda: [enc.encode_ordinary(t) for t in doc_texts], mb),
         "batch": (lambda: enc.encode_ordinary_batch(doc_texts, num_threads=os.cpu_count() or 1), mb),
-        "stage": (stage(gpt2), mb)})
+        "stage": (stage(gpt2), mb)}, 2 * args.repeat)  # seconds each: more rounds against noise
     rows += [("bpe", "tiktoken encode_ordinary per line (1 core)", bp["lines"]),
              ("bpe", "tiktoken encode_ordinary per document (1 core)", bp["doc_1"]),
              ("bpe", "tiktoken encode_ordinary_batch per document (all cores)", bp["batch"]),
