@@ -181,3 +181,25 @@ def test_non_finite_loss_stops_or_skips(tmp_path, monkeypatch):
     losses, records = _losses(os.path.join(str(tmp_path), "skip"))
     assert not np.isfinite(losses[4]) and all(np.isfinite(losses[s]) for s in (1, 2, 3, 5, 6))
     assert records[-1]["train/skipped_steps"] == 1
+
+
+def test_init_checkpoint_from_a_real_hf_bert(minilm_dir):
+    from bertgpt_jax import configs
+
+    model_cfg = configs.get(minilm_dir)
+    model = models.from_config(model_cfg)
+    mesh = sharding.make_mesh((2, 2, 2))
+    opt = optimizers.make_optimizer("adamw", 1e-4)
+    abstract, shardings = state_lib.abstract_state(model, True, opt, mesh, 32, 5)
+    params = loop._load_init_params(minilm_dir, abstract.params, model_cfg)
+    state = state_lib.create_state(model, True, opt, mesh, 32, seed=0, max_predictions=5, shardings=shardings)
+    state = state_lib.with_params(state, params, shardings)
+    from safetensors.numpy import load_file
+
+    hf = load_file(os.path.join(minilm_dir, "model.safetensors"))
+    key = next(k for k in hf if k.endswith("embeddings.word_embeddings.weight"))
+    table = state.params["embeddings"]["word_embeddings"]["embedding"]
+    np.testing.assert_array_equal(np.asarray(table), hf[key])
+    assert table.sharding == shardings.params["embeddings"]["word_embeddings"]["embedding"]
+    with pytest.raises(ValueError, match="init_checkpoint .* has hidden_size=384, but the model has"):
+        loop._load_init_params(minilm_dir, abstract.params, tiny_config())

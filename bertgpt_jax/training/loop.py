@@ -147,7 +147,8 @@ def _load_init_params(path: str, abstract_params: Any, model_cfg: configs.ModelC
     if os.path.exists(os.path.join(path, "config.json")) and not os.path.isdir(os.path.join(path, "checkpoints")):
         from bertgpt_jax import convert
 
-        hf_cfg, params = convert.from_hf(path)
+        # A BertModel checkpoint (no MLM/NSP heads) gets fresh heads: continued pretraining on domain text.
+        hf_cfg, params = convert.from_hf(path, init_missing_heads=True, scan_layers=model_cfg.scan_layers)
         for field in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "model_type"):
             if getattr(hf_cfg, field) != getattr(model_cfg, field):
                 raise ValueError(f"init_checkpoint {path} has {field}={getattr(hf_cfg, field)}, but the model has "
