@@ -44,7 +44,6 @@ def _time_steps(step, steps: int, warmup: int = 2) -> float:
 
 def run_jax(kind: str, steps: int) -> dict:
     import jax
-    import numpy as np
 
     from bertgpt_jax import configs, models, sharding
     from bertgpt_jax.training import metrics, optimizers, schedules, synthetic

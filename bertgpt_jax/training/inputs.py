@@ -3,7 +3,7 @@ placement onto the mesh as global arrays."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Iterator
 
 import jax
 import numpy as np

@@ -279,7 +279,8 @@ def _print(line: str) -> None:
         print(line, flush=True)
 
 
-def _train_loop(cfg, model_cfg, compiled, state, batch, train_it, ckpt, writer, eval_step, mesh, is_global, start, tokens_per_step, flops_per_step, peak_total) -> dict:
+def _train_loop(cfg, model_cfg, compiled, state, batch, train_it, ckpt, writer, eval_step, mesh, is_global, start,
+                tokens_per_step, flops_per_step, peak_total) -> dict:
     out: dict[str, Any] = {"stopped_by": "end"}
     bar = None
     if cfg.progress_bar and jax.process_index() == 0:

@@ -1,9 +1,9 @@
 """The ``synthetic`` dataset: batches of the right shapes, deterministic from (seed, step), and learnable.
 
 Token sequences count upwards (each token is the previous plus one, modulo the content vocabulary) from a
-random start (skewed towards low ids), so a masked token is predictable from its neighbours and a random "next sentence" shows as a
-break in the count: loss falls quickly, which is what tests and benchmarks need. The iterator yields the
-GLOBAL batch; the loop places each process's rows on its devices.
+random start (skewed towards low ids), so a masked token is predictable from its neighbours and a random
+"next sentence" shows as a break in the count: loss falls quickly, which is what tests and benchmarks need.
+The iterator yields the GLOBAL batch; the loop places each process's rows on its devices.
 """
 
 from __future__ import annotations
