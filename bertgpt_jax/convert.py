@@ -402,12 +402,13 @@ def copy_tokenizer_files(src_dir: str, dst_dir: str) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-    from absl import flags
+    from absl import app, flags
 
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; give --from_hf=DIR --to_hf=OUT_DIR")
     f = flags.FLAGS
     if not f.from_hf or not f.to_hf:
-        raise flags.Error("give both --from_hf DIR and --to_hf OUT_DIR")
+        raise app.UsageError("give both --from_hf=DIR (an HF checkpoint) and --to_hf=OUT_DIR")
     cfg, params = from_hf(f.from_hf, init_missing_heads=f.init_missing_heads)
     to_hf(cfg, params, f.to_hf)
     copied = copy_tokenizer_files(f.from_hf, f.to_hf)
