@@ -66,14 +66,13 @@ def test_params_are_born_sharded():
 
 
 def test_mesh_shape_and_accumulation_do_not_change_the_losses():
-    one, _, _ = _train("bert", (1, 1, 1), 3, devices=jax.devices()[:1])
-    eight, s8, _ = _train("bert", (2, 2, 2), 3)
-    accum, s8a, _ = _train("bert", (2, 2, 2), 3, accum=2)
+    # One device, whole batch vs a data x fsdp x tensor = 2x2x2 mesh with two accumulated microbatches.
+    one, s1, _ = _train("bert", (1, 1, 1), 3, devices=jax.devices()[:1])
+    eight, s8, _ = _train("bert", (2, 2, 2), 3, accum=2)
     np.testing.assert_allclose(one, eight, rtol=2e-5)
-    np.testing.assert_allclose(eight, accum, rtol=2e-5)
     assert one[-1] < one[0]
-    for a, b in zip(jax.tree.leaves(s8.params), jax.tree.leaves(s8a.params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
 
 
 class _PoisonAt:
