@@ -203,3 +203,14 @@ def test_init_checkpoint_from_a_real_hf_bert(minilm_dir):
     assert table.sharding == shardings.params["embeddings"]["word_embeddings"]["embedding"]
     with pytest.raises(ValueError, match="init_checkpoint .* has hidden_size=384, but the model has"):
         loop._load_init_params(minilm_dir, abstract.params, tiny_config())
+
+
+def test_rerunning_a_finished_run_only_evaluates(uninterrupted, tmp_path):
+    import shutil
+
+    full_cfg, result = uninterrupted
+    out = str(tmp_path / "again")
+    shutil.copytree(full_cfg.output_dir, out)
+    again = loop.run(dataclasses.replace(full_cfg, output_dir=out, plot=False, tensorboard=False))
+    assert again["resumed_from"] == 10 and again["final_step"] == 10
+    assert again["eval/loss"] == result["eval/loss"]  # the same parameters, the same validation batches

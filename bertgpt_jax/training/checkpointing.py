@@ -86,6 +86,8 @@ class Checkpointer:
 
     def save(self, state: TrainState, *, force: bool = False) -> bool:
         step = int(jax.device_get(state.step))
+        if step in self._manager.all_steps():  # e.g. a resumed run that had already finished
+            return False
         items = {PARAMS: ocp.args.StandardSave(state.params),
                  TRAIN: ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state, "rng": state.rng})}
         if self._data_iter is not None:
@@ -94,7 +96,7 @@ class Checkpointer:
 
     def save_best(self, step: int, params: Any, metrics: dict) -> None:
         """Offers ``params`` to the best-checkpoint manager; it keeps them only if the metric improved."""
-        if self._best is not None and self.best_metric in metrics:
+        if self._best is not None and self.best_metric in metrics and step not in self._best.all_steps():
             self._best.save(step, args=ocp.args.Composite(**{PARAMS: ocp.args.StandardSave(params)}),
                             metrics={self.best_metric: float(metrics[self.best_metric])}, force=True)
 
