@@ -37,10 +37,9 @@ import os
 import random
 import uuid
 
-import grain
 import numpy as np
 
-from bertgpt_jax.data import counter_random, flat_tokens, masking, store_checks, token_store
+from bertgpt_jax.data import batched_source, counter_random, flat_tokens, masking, store_checks, token_store
 
 INSTANCE_FIELDS = ("a_start", "a_len", "b_start", "b_len", "is_random_next", "target_len")
 _CUT_VERSION = 1  # bump when the cutting algorithm changes, so old caches are not reused
@@ -149,7 +148,7 @@ def load_instances(flat: flat_tokens.FlatSplit, *, max_seq_length: int, short_se
     return prefix
 
 
-class BertExamples(grain.MapDataset):
+class BertExamples(batched_source.BatchedSource):
     """Item ``i``: instance ``i % len`` masked for epoch ``i // len`` (dynamic) or always alike (static)."""
 
     def __init__(self, flat: flat_tokens.FlatSplit, instances_prefix: str, *, max_seq_length: int,
@@ -185,16 +184,6 @@ class BertExamples(grain.MapDataset):
 
     def __str__(self) -> str:
         return f"BertExamples(instances={len(self)}, max_seq_length={self.max_seq_length})"
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return self.slice(index)
-        batch = self.examples(np.array([index]))
-        return {name: value[0] for name, value in batch.items()}
-
-    def _getitems(self, indices):
-        batch = self.examples(np.asarray(indices))
-        return [{name: value[i] for name, value in batch.items()} for i in range(len(indices))]
 
     def examples(self, indices_B: np.ndarray) -> dict[str, np.ndarray]:
         """A batch of examples (leading dimension B) for dataset indices ``indices_B``, vectorised."""

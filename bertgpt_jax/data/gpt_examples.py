@@ -21,10 +21,9 @@ from __future__ import annotations
 import os
 import uuid
 
-import grain
 import numpy as np
 
-from bertgpt_jax.data import flat_tokens, store_checks, token_store
+from bertgpt_jax.data import batched_source, flat_tokens, store_checks, token_store
 
 
 def load_stream(flat: flat_tokens.FlatSplit, eos_id: int) -> str:
@@ -42,7 +41,7 @@ def load_stream(flat: flat_tokens.FlatSplit, eos_id: int) -> str:
     return path
 
 
-class GptWindows(grain.MapDataset):
+class GptWindows(batched_source.BatchedSource):
     """Item ``i``: window ``i % len`` of the stream (windows are the same in every epoch)."""
 
     def __init__(self, stream_path: str, dtype: str, *, seq_len: int, eos_id: int,
@@ -66,16 +65,6 @@ class GptWindows(grain.MapDataset):
 
     def __str__(self) -> str:
         return f"GptWindows(windows={len(self)}, seq_len={self.seq_len})"
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return self.slice(index)
-        batch = self.examples(np.array([index]))
-        return {name: value[0] for name, value in batch.items()}
-
-    def _getitems(self, indices):
-        batch = self.examples(np.asarray(indices))
-        return [{name: value[i] for name, value in batch.items()} for i in range(len(indices))]
 
     def examples(self, indices_B: np.ndarray) -> dict[str, np.ndarray]:
         """A batch of windows (leading dimension B) for dataset indices ``indices_B``."""
