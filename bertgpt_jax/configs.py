@@ -10,6 +10,8 @@ import json
 import os
 from typing import Any
 
+from bertgpt_jax import atomic_files
+
 MODEL_TYPES = ("bert", "gpt2")
 HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh", "silu")
 REMAT_POLICIES = ("none", "full", "dots")
@@ -207,18 +209,10 @@ class ModelConfig:
         """Writes ``config.json`` (``path`` is a directory or a file name), atomically."""
         if os.path.isdir(path):
             path = os.path.join(path, "config.json")
-        _write_json_atomic(path, self.to_hf_dict())
+        atomic_files.write_json(path, self.to_hf_dict(), indent=2, sort_keys=True)
 
     def save_bert_config(self, path: str) -> None:
-        _write_json_atomic(path, self.to_bert_config_dict())
-
-
-def _write_json_atomic(path: str, obj: dict) -> None:
-    # A reader never sees half a file: write beside the target, then rename over it.
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+        atomic_files.write_json(path, self.to_bert_config_dict(), indent=2, sort_keys=True)
 
 
 def _bert(layers: int, hidden: int, heads: int) -> ModelConfig:

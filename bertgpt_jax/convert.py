@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import struct
-import tempfile
 from typing import Any, Optional
 
 import jax
@@ -24,6 +23,7 @@ import ml_dtypes
 import numpy as np
 from absl import logging
 
+from bertgpt_jax import atomic_files
 from bertgpt_jax.configs import ModelConfig
 
 SAFETENSORS = "model.safetensors"
@@ -349,19 +349,6 @@ def hf_tensors_from_params(cfg: ModelConfig, params: Params) -> dict[str, np.nda
     return out
 
 
-def _atomic_write_bytes(path: str, write) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-" + os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def to_hf(cfg: ModelConfig, params: Params, out_dir: str) -> None:
     """Writes ``config.json`` + ``model.safetensors`` loadable by transformers with no missing/unexpected keys."""
     from safetensors.numpy import save_file
@@ -371,14 +358,9 @@ def to_hf(cfg: ModelConfig, params: Params, out_dir: str) -> None:
     hf_cfg = cfg.to_hf_dict()
     if cfg.is_bert and not all(g in params for g in ("mlm", "nsp")):
         hf_cfg["architectures"] = ["BertModel"]
-    _atomic_write_bytes(os.path.join(out_dir, SAFETENSORS),
-                        lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-
-    def write_json(p):
-        with open(p, "w", encoding="utf-8") as f:
-            json.dump(hf_cfg, f, indent=2, sort_keys=True)
-
-    _atomic_write_bytes(os.path.join(out_dir, CONFIG), write_json)
+    with atomic_files.atomic_path(os.path.join(out_dir, SAFETENSORS)) as tmp:
+        save_file(tensors, tmp, metadata={"format": "pt"})
+    atomic_files.write_json(os.path.join(out_dir, CONFIG), hf_cfg, indent=2, sort_keys=True)
 
 
 def check_vocab(cfg: ModelConfig, vocab_size: int) -> None:
@@ -395,8 +377,8 @@ def copy_tokenizer_files(src_dir: str, dst_dir: str) -> list[str]:
     copied = []
     for name in TOKENIZER_FILES:
         if os.path.exists(os.path.join(src_dir, name)):
-            _atomic_write_bytes(os.path.join(dst_dir, name),
-                                lambda p, n=name: shutil.copyfile(os.path.join(src_dir, n), p))
+            with atomic_files.atomic_path(os.path.join(dst_dir, name)) as tmp:
+                shutil.copyfile(os.path.join(src_dir, name), tmp)
             copied.append(name)
     return copied
 

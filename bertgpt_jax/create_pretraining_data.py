@@ -23,10 +23,11 @@ import os
 import shutil
 import sys
 import time
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from bertgpt_jax import atomic_files
 from bertgpt_jax.data import corpus, token_store
 from bertgpt_jax.tokenization.base import Tokenizer
 
@@ -169,7 +170,7 @@ class _SplitWriter:
         # Resuming skips every document at or before this (unit, document-in-unit) position.
         meta = {**self.stats, "split": self.split, "index": self.index, "end": [self.last[0], self.last[1] + 1],
                 "config": self.config_key}
-        _write_json(self.path + ".json", meta)
+        atomic_files.write_json(self.path + ".json", meta, indent=2, sort_keys=True)
         os.replace(self.path + ".tmp", self.path)
         self.index += 1
         self._reset()
@@ -177,12 +178,6 @@ class _SplitWriter:
     def carry_counts(self) -> dict:
         # Skips seen after the last shard closed (documents that gave no token) still count.
         return {k: self.stats[k] for k in ("empty_sentences", "empty_token_documents")}
-
-
-def _write_json(path: str, obj: dict) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
 
 
 def _finished_shards(store_dir: str, split: str, config_key: str) -> list[dict]:
@@ -284,7 +279,7 @@ def create_token_store(input_file: str = corpus.DEFAULT, output_dir: str = "", *
     resume = {s: (done[s][-1]["end"] if done[s] else [0, 0]) for s in SPLITS}
     writers = {s: _SplitWriter(output_dir, s, max_shard_tokens, len(done[s]), config_key) for s in SPLITS}
     stats = corpus.CorpusStats()
-    _write_json(os.path.join(output_dir, RUN_FILE), {"args": args, "config": dataclasses.asdict(config),
+    atomic_files.write_json(os.path.join(output_dir, RUN_FILE), {"args": args, "config": dataclasses.asdict(config),
                                                       "config_key": config_key})
     units = corpus.iter_units(input_file, stats, text_field, unit_bytes)
     tasks = ((n, kind, payload, dtype.str, validation_fraction, split_seed, resume, text_field)

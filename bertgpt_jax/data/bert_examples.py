@@ -39,7 +39,15 @@ import uuid
 
 import numpy as np
 
-from bertgpt_jax.data import batched_source, counter_random, flat_tokens, masking, store_checks, token_store
+from bertgpt_jax import atomic_files
+from bertgpt_jax.data import (
+    batched_source,
+    counter_random,
+    flat_tokens,
+    masking,
+    store_checks,
+    token_store,
+)
 
 INSTANCE_FIELDS = ("a_start", "a_len", "b_start", "b_len", "is_random_next", "target_len")
 _CUT_VERSION = 1  # bump when the cutting algorithm changes, so old caches are not reused
@@ -144,7 +152,7 @@ def load_instances(flat: flat_tokens.FlatSplit, *, max_seq_length: int, short_se
             with open(f"{prefix}.{name}.npy{tmp}", "wb") as f:
                 np.save(f, array)
             os.replace(f"{prefix}.{name}.npy{tmp}", f"{prefix}.{name}.npy")
-        flat_tokens.write_json_atomic(prefix + ".json", {**params, "instances": len(cut["a_start"])})
+        atomic_files.write_json(prefix + ".json", {**params, "instances": len(cut["a_start"])})
     return prefix
 
 

@@ -22,6 +22,7 @@ import uuid
 
 import numpy as np
 
+from bertgpt_jax import atomic_files
 from bertgpt_jax.data import token_store
 
 _READ_BATCH = 1024
@@ -124,11 +125,4 @@ def _build(store: token_store.TokenStore, split: str, prefix: str) -> None:
     header = {"tokens": {"dtype": store.dtype.str, "count": counts["tokens"]},
               "sentence_ends": {"dtype": "<i8", "count": counts["sentence_ends"]},
               "doc_sentences": {"dtype": "<i8", "count": counts["doc_sentences"]}}
-    write_json_atomic(prefix + ".json", header)
-
-
-def write_json_atomic(path: str, obj) -> None:
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
+    atomic_files.write_json(prefix + ".json", header)

@@ -19,10 +19,10 @@ strided-view gather, which is why windows come fast.
 from __future__ import annotations
 
 import os
-import uuid
 
 import numpy as np
 
+from bertgpt_jax import atomic_files
 from bertgpt_jax.data import batched_source, flat_tokens, store_checks, token_store
 
 
@@ -31,13 +31,11 @@ def load_stream(flat: flat_tokens.FlatSplit, eos_id: int) -> str:
     path = f"{flat.prefix}.gpt-eos{eos_id}.stream"
     if not os.path.exists(path):
         doc_token_starts = np.concatenate([[0], flat.sentence_ends])[flat.doc_sentences]
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
         eos = np.array([eos_id], flat.tokens.dtype).tobytes()
-        with open(tmp, "wb") as f:
+        with atomic_files.atomic_open(path, "wb") as f:
             for lo, hi in zip(doc_token_starts[:-1].tolist(), doc_token_starts[1:].tolist()):
                 f.write(eos)
                 f.write(np.asarray(flat.tokens[lo:hi]).tobytes())
-        os.replace(tmp, path)
     return path
 
 

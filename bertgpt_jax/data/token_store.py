@@ -20,6 +20,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from bertgpt_jax import atomic_files
+
 MANIFEST = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
 FORMAT = "bertgpt_jax.token_store"
@@ -62,25 +64,21 @@ def write_shard(path: str, records: Iterable[bytes]) -> int:
     """Writes records to ``path`` atomically (a temporary name, renamed when complete). Returns the count."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    tmp = path + ".tmp"
-    writer = ArrayRecordWriter(tmp, "group_size:1")
     count = 0
-    try:
-        for record in records:
-            writer.write(record)
-            count += 1
-    finally:
-        writer.close()
-    os.replace(tmp, path)
+    with atomic_files.atomic_path(path) as tmp:
+        writer = ArrayRecordWriter(tmp, "group_size:1")
+        try:
+            for record in records:
+                writer.write(record)
+                count += 1
+        finally:
+            writer.close()
     return count
 
 
 def write_manifest(store_dir: str, manifest: dict) -> None:
     manifest = {"format": FORMAT, "version": VERSION, **manifest}
-    tmp = os.path.join(store_dir, MANIFEST + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-    os.replace(tmp, os.path.join(store_dir, MANIFEST))
+    atomic_files.write_json(os.path.join(store_dir, MANIFEST), manifest, indent=2, sort_keys=True)
 
 
 class TokenStore:

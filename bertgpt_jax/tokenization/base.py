@@ -9,6 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
+from bertgpt_jax import atomic_files
+
 META_FILE = "bertgpt_tokenizer.json"
 SPECIAL_NAMES = ("cls", "sep", "mask", "pad", "unk", "eos")
 
@@ -105,16 +107,7 @@ class Tokenizer:
 def write_meta(directory: str, meta: dict) -> None:
     """Writes ``bertgpt_tokenizer.json`` atomically; ``from_file`` reads it to pick the kind and settings."""
     os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, META_FILE)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    atomic_files.write_json(os.path.join(directory, META_FILE), meta, indent=2, sort_keys=True)
 
 
 def special_table(table: np.ndarray, special: dict[str, int | None]) -> np.ndarray:

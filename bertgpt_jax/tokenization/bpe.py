@@ -15,7 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
-from bertgpt_jax.tokenization.base import Tokenizer, atomic_write_text, special_table, write_meta
+from bertgpt_jax import atomic_files
+from bertgpt_jax.tokenization.base import Tokenizer, special_table, write_meta
 
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 ENDOFTEXT = "<|endoftext|>"
@@ -236,7 +237,7 @@ class ByteLevelBPETokenizer(Tokenizer):
         """Writes the ranks as ``bpe.tiktoken`` (tiktoken's format) plus the settings."""
         os.makedirs(directory, exist_ok=True)
         lines = [f"{base64.b64encode(tok).decode()} {r}" for tok, r in sorted(self.ranks.items(), key=lambda kv: kv[1])]
-        atomic_write_text(os.path.join(directory, "bpe.tiktoken"), "\n".join(lines) + "\n")
+        atomic_files.write_text(os.path.join(directory, "bpe.tiktoken"), "\n".join(lines) + "\n")
         write_meta(directory, {"kind": self.kind, "ranks_file": "bpe.tiktoken", "pattern": self.pattern,
                                "special_tokens": self.special_tokens, "lowercase": self.lowercase,
                                # ids differ from ranks when a vocab.json numbers tokens otherwise

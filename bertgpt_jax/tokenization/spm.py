@@ -7,6 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
+from bertgpt_jax import atomic_files
 from bertgpt_jax.tokenization.base import Tokenizer, special_table, write_meta
 
 MODEL_FILE = "spm.model"
@@ -79,9 +80,8 @@ class SentencePieceTokenizer(Tokenizer):
     def save(self, directory: str) -> str:
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, MODEL_FILE)
-        with open(path + ".tmp", "wb") as f:
+        with atomic_files.atomic_open(path, "wb") as f:
             f.write(self.model_proto)
-        os.replace(path + ".tmp", path)
         write_meta(directory, {"kind": self.kind, "model_file": MODEL_FILE})
         return directory
 

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
-import unicodedata
-from functools import lru_cache
-
-from tokenizers import Regex
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, normalizers, pre_tokenizers
 
-from bertgpt_jax.tokenization.base import Tokenizer, atomic_write_text, special_table, write_meta
+from bertgpt_jax import atomic_files
+from bertgpt_jax.tokenization.base import Tokenizer, special_table, write_meta
 
 MAX_INPUT_CHARS_PER_WORD = 200
 _SPECIAL_TOKENS = {"cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]", "pad": "[PAD]", "unk": "[UNK]"}
@@ -46,10 +45,7 @@ def _classes() -> dict[str, str]:
     classes = _build_classes()
     try:
         os.makedirs(os.path.dirname(cache), exist_ok=True)
-        tmp = f"{cache}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(classes, f)
-        os.replace(tmp, cache)
+        atomic_files.write_json(cache, classes)
     except OSError:
         pass  # a read-only home only costs the rebuild
     return classes
@@ -236,7 +232,7 @@ class WordPieceTokenizer(Tokenizer):
     def save(self, directory: str) -> str:
         """Writes ``vocab.txt`` (the original format), HF ``tokenizer.json`` and our settings."""
         os.makedirs(directory, exist_ok=True)
-        atomic_write_text(os.path.join(directory, "vocab.txt"), "".join(t + "\n" for t in self.vocab))
+        atomic_files.write_text(os.path.join(directory, "vocab.txt"), "".join(t + "\n" for t in self.vocab))
         self.hf.save(os.path.join(directory, "tokenizer.json"))
         write_meta(directory, {"kind": self.kind, "vocab_file": "vocab.txt", **self._settings()})
         return directory
