@@ -150,6 +150,34 @@ def test_dropout_uses_the_dropout_stream():
     assert np.abs(run(1) - det).max() > 1e-3
 
 
+
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_dropout_mask_rate_scaling_and_independence(rate):
+    from bertgpt_jax.models.layers import Dropout
+    x = jnp.ones((64, 128, 128), jnp.float32)  # 1M elements
+    drop = Dropout(rate)
+    run = jax.jit(lambda seed: drop.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(seed)}))
+    a, b = np.asarray(run(0)), np.asarray(run(1))
+    assert set(np.unique(a)) <= {0.0, np.float32(1 / (1 - rate))}  # inverted dropout: kept values scaled
+    keep_a, keep_b = a.ravel() > 0, b.ravel() > 0
+    sd = np.sqrt(rate * (1 - rate) / keep_a.size)
+    assert abs(1 - keep_a.mean() - rate) < 5 * sd
+    assert abs(a.mean() - 1.0) < 5 * sd / (1 - rate)  # expectation preserved
+    # Neighbouring elements and different keys are uncorrelated.
+    assert abs(np.corrcoef(keep_a[:-1], keep_a[1:])[0, 1]) < 0.01
+    assert abs(np.corrcoef(keep_a, keep_b)[0, 1]) < 0.01
+    np.testing.assert_array_equal(a, np.asarray(run(0)))
+    np.testing.assert_array_equal(drop.apply({}, x, deterministic=True), x)
+    assert not np.asarray(Dropout(1.0).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})).any()
+
+
+def test_exact_gelu_matches_erf_formula():
+    from bertgpt_jax.models.layers import ACTIVATIONS
+    x = np.linspace(-12, 12, 20001).astype(np.float32)
+    ref = 0.5 * x.astype(np.float64) * (1 + np.vectorize(__import__("math").erf)(x.astype(np.float64) / np.sqrt(2)))
+    np.testing.assert_allclose(np.asarray(ACTIVATIONS["gelu"](jnp.asarray(x))), ref, atol=2e-6, rtol=1e-6)
+    assert ACTIVATIONS["gelu"](jnp.ones(3, jnp.bfloat16)).dtype == jnp.bfloat16
+
 def test_bf16_compute_keeps_fp32_params_and_logits():
     cfg = tiny("gpt2", dtype="bfloat16")
     model, params, ids = _init(cfg)

@@ -54,6 +54,10 @@ def test_token_nll_matches_log_softmax():
     labels = jnp.array([0, 6, 3, 3, 1])
     expected = -jax.nn.log_softmax(logits)[jnp.arange(5), labels]
     np.testing.assert_allclose(losses.token_nll(logits, labels), expected, rtol=1e-6)
+    nll, correct = losses.nll_and_correct(logits, labels)
+    np.testing.assert_array_equal(correct, (jnp.argmax(logits, -1) == labels).astype(np.float32))
+    grad = jax.grad(lambda x: losses.token_nll(x, labels).sum())(logits)
+    np.testing.assert_allclose(grad, jax.nn.softmax(logits) - jax.nn.one_hot(labels, 7), atol=1e-6)
 
 
 def test_objective_adds_up_over_microbatches():

@@ -12,7 +12,7 @@ from bertgpt_jax import sharding as sh
 from bertgpt_jax.configs import ModelConfig
 from bertgpt_jax.models import masks
 from bertgpt_jax.models.heads import MlmHead, NspHead, Pooler
-from bertgpt_jax.models.layers import Embedding, Stack, constrain_hidden, layer_norm
+from bertgpt_jax.models.layers import Dropout, Embedding, Stack, constrain_hidden, layer_norm
 from bertgpt_jax.models.outputs import BertOutput
 
 MISSING_HEAD_HINT = ("the params carry no {what} (a checkpoint without it, e.g. a BertModel); import with "
@@ -31,7 +31,7 @@ class BertEmbeddings(nn.Module):
         self.token_type_embeddings = Embedding(cfg.type_vocab_size, cfg.hidden_size, (sh.TYPES, sh.EMBED),
                                                cfg.dtype, cfg.param_dtype, std)
         self.LayerNorm = layer_norm(cfg, None)
-        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        self.dropout = Dropout(cfg.hidden_dropout_prob)
 
     def __call__(self, input_ids_BxT, token_type_ids_BxT, position_ids_BxT, deterministic: bool):
         x_BxTxD = (self.word_embeddings(input_ids_BxT) + self.position_embeddings(position_ids_BxT)

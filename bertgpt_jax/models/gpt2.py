@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from bertgpt_jax import sharding as sh
 from bertgpt_jax.configs import ModelConfig
 from bertgpt_jax.models import masks
-from bertgpt_jax.models.layers import Embedding, Stack, constrain_hidden, layer_norm
+from bertgpt_jax.models.layers import Dropout, Embedding, Stack, constrain_hidden, layer_norm
 from bertgpt_jax.models.outputs import GPT2Output
 
 
@@ -51,7 +51,7 @@ class GPT2(nn.Module):
         mask = masks.combine(masks.causal_mask(T), extra) if extra is not None else None
 
         x_BxTxD = self.wte(input_ids) + self.wpe(position_ids)
-        x_BxTxD = nn.Dropout(cfg.hidden_dropout_prob)(x_BxTxD, deterministic=deterministic)
+        x_BxTxD = Dropout(cfg.hidden_dropout_prob)(x_BxTxD, deterministic=deterministic)
         x_BxTxD = constrain_hidden(x_BxTxD)
         x_BxTxD, hidden = Stack(cfg, deterministic, pre_ln=True, is_causal=True,
                                 output_hidden_states=output_hidden_states, name="h")(x_BxTxD, mask)

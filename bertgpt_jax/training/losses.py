@@ -10,9 +10,20 @@ import jax.numpy as jnp
 
 def token_nll(logits_NxV: jax.Array, labels_N: jax.Array) -> jax.Array:
     """Negative log-likelihood per row in fp32, without a one-hot: logsumexp minus the label's logit."""
+    return nll_and_correct(logits_NxV, labels_N)[0]
+
+
+def nll_and_correct(logits_NxV: jax.Array, labels_N: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(NLL per row in fp32, 1.0 where the label's logit is the row's maximum).
+
+    "Correct" compares against the row maximum that logsumexp needs anyway instead of running a
+    separate argmax over the vocabulary; it differs from ``argmax == label`` only on exact ties.
+    """
     logits_NxV = logits_NxV.astype(jnp.float32)
     label_logit_N = jnp.take_along_axis(logits_NxV, labels_N[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return jax.nn.logsumexp(logits_NxV, axis=-1) - label_logit_N
+    max_N = jax.lax.stop_gradient(jnp.max(logits_NxV, axis=-1))  # the gradient of lse is softmax
+    lse_N = max_N + jnp.log(jnp.sum(jnp.exp(logits_NxV - max_N[..., None]), axis=-1))
+    return lse_N - label_logit_N, (label_logit_N >= max_N).astype(jnp.float32)
 
 
 def _real_B(batch: dict, n: int) -> jax.Array:
@@ -24,11 +35,9 @@ def _real_B(batch: dict, n: int) -> jax.Array:
 def bert_sums(mlm_logits_BxPxV: jax.Array, nsp_logits_Bx2: jax.Array, batch: dict) -> dict:
     """Sums and counts for MLM (weighted by ``masked_lm_weights``) and NSP (every example)."""
     weights_BxP = batch["masked_lm_weights"].astype(jnp.float32)
-    nll_BxP = token_nll(mlm_logits_BxPxV, batch["masked_lm_ids"])
-    correct_BxP = (jnp.argmax(mlm_logits_BxPxV, axis=-1) == batch["masked_lm_ids"]).astype(jnp.float32)
+    nll_BxP, correct_BxP = nll_and_correct(mlm_logits_BxPxV, batch["masked_lm_ids"])
     labels_B = batch["next_sentence_labels"].reshape(-1)
-    nsp_nll_B = token_nll(nsp_logits_Bx2, labels_B)
-    nsp_correct_B = (jnp.argmax(nsp_logits_Bx2, axis=-1) == labels_B).astype(jnp.float32)
+    nsp_nll_B, nsp_correct_B = nll_and_correct(nsp_logits_Bx2, labels_B)
     real_B = _real_B(batch, labels_B.shape[0])
     return {
         "mlm_loss_sum": jnp.sum(nll_BxP * weights_BxP),
@@ -49,8 +58,7 @@ def gpt_sums(logits_BxTxV: jax.Array, batch: dict) -> dict:
     """Sum of next-token NLL over target positions; a negative target (padding) counts for nothing."""
     targets_BxT = batch["targets"]
     weights_BxT = _gpt_weights(batch)
-    nll_BxT = token_nll(logits_BxTxV, jnp.maximum(targets_BxT, 0))
-    correct_BxT = (jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT).astype(jnp.float32)
+    nll_BxT, correct_BxT = nll_and_correct(logits_BxTxV, jnp.maximum(targets_BxT, 0))
     return {
         "lm_loss_sum": jnp.sum(nll_BxT * weights_BxT),
         "lm_correct_sum": jnp.sum(correct_BxT * weights_BxT),
@@ -103,10 +111,11 @@ def _chunks(x_BxTx_: jax.Array, chunk: int) -> jax.Array:
 def _chunk_stats(h_BxCxD, table_VxD, targets_BxC, weights_BxC):
     logits_BxCxV = jnp.einsum("bcd,vd->bcv", h_BxCxD, table_VxD.astype(h_BxCxD.dtype),
                               preferred_element_type=jnp.float32)
-    lse_BxC = jax.nn.logsumexp(logits_BxCxV, axis=-1)
     label_BxC = jnp.take_along_axis(logits_BxCxV, targets_BxC[..., None], axis=-1)[..., 0]
+    max_BxC = jax.lax.stop_gradient(jnp.max(logits_BxCxV, axis=-1))
+    lse_BxC = max_BxC + jnp.log(jnp.sum(jnp.exp(logits_BxCxV - max_BxC[..., None]), axis=-1))
     nll = jnp.sum((lse_BxC - label_BxC) * weights_BxC)
-    correct = jnp.sum((jnp.argmax(logits_BxCxV, axis=-1) == targets_BxC) * weights_BxC)
+    correct = jnp.sum((label_BxC >= max_BxC) * weights_BxC)  # as nll_and_correct: ties count
     return logits_BxCxV, lse_BxC, nll, correct
 
 

@@ -94,12 +94,17 @@ def make_train_step(model: nn.Module, is_bert: bool, optimizer: optax.GradientTr
         if step_cfg.clip_grad_norm > 0:
             scale = jnp.minimum(1.0, step_cfg.clip_grad_norm / jnp.maximum(grad_norm, 1e-12))
             grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(objective) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
-        new_state = state.replace(step=state.step + 1, params=jax.tree.map(keep, params, state.params),
-                                  opt_state=jax.tree.map(keep, opt_state, state.opt_state))
+
+        def update(operands):
+            params, opt_state, grads = operands
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        # A branch, not a select per leaf: the skip costs nothing and the update is not read twice.
+        params, opt_state = jax.lax.cond(finite, update, lambda operands: operands[:2],
+                                         (state.params, state.opt_state, grads))
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         metrics = {"loss": objective, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
                    "finite": finite, **sums}
         return new_state, metrics
