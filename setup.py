@@ -36,7 +36,7 @@ setup(
     description="Pretrain, fine-tune and serve BERT and GPT-2 with JAX/Flax on TPU, GPU and CPU.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["bertgpt_jax", "bertgpt_jax.*"]),
     package_data={"bertgpt_jax": ["data/default_corpus/*"]},
     install_requires=RUNTIME,

@@ -152,7 +152,7 @@ class _SplitWriter:
                 from array_record.python.array_record_module import ArrayRecordWriter
 
                 self.path = os.path.join(self.store_dir, shard_file(self.split, self.index))
-                self.writer = ArrayRecordWriter(self.path + ".tmp", "group_size:1")
+                self.writer = ArrayRecordWriter(self.path + ".tmp", token_store.WRITER_OPTIONS)
             self.writer.write(record)
             self.stats["documents"] += 1
             self.stats["sentences"] += sentences

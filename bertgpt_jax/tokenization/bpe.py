@@ -8,6 +8,7 @@ rank -> id table. ``decode(encode(x)) == x`` for every string, since the ids spe
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import os
 from functools import lru_cache
@@ -96,8 +97,8 @@ class ByteLevelBPETokenizer(Tokenizer):
                     continue
                 try:
                     token, rank = line.split()
-                    ranks[base64.b64decode(token, validate=True)] = int(rank)
-                except ValueError as e:
+                    ranks[binascii.a2b_base64(token, strict_mode=True)] = int(rank)
+                except ValueError as e:  # binascii.Error is one
                     raise ValueError(f"{path}:{lineno}: not a tiktoken rank line (base64 token, space, rank): "
                                      f"{line[:80]!r}") from e
         if not ranks:
