@@ -60,6 +60,37 @@ def test_token_nll_matches_log_softmax():
     np.testing.assert_allclose(grad, jax.nn.softmax(logits) - jax.nn.one_hot(labels, 7), atol=1e-6)
 
 
+
+def test_fused_bert_sums_match_the_plain_loss_and_its_gradients():
+    rng = np.random.default_rng(0)
+    B, P, D, V = 3, 4, 8, 37
+    h = jnp.asarray(rng.normal(size=(B, P, D)), jnp.float32)
+    table = jnp.asarray(rng.normal(size=(V, D)), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=(V,)), jnp.float32)
+    nsp = jnp.asarray(rng.normal(size=(B, 2)), jnp.float32)
+    batch = {"masked_lm_ids": jnp.asarray(rng.integers(0, V, (B, P))), "next_sentence_labels": jnp.array([0, 1, 1]),
+             "masked_lm_weights": jnp.asarray([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]], jnp.float32)}
+    # Make one prediction right for sure, so the accuracy sum is checked on both outcomes.
+    batch["masked_lm_ids"] = batch["masked_lm_ids"].at[0, 0].set(int(jnp.argmax(h[0, 0] @ table.T + bias)))
+
+    def plain(h, table, bias):
+        return losses.bert_sums(jnp.einsum("bpd,vd->bpv", h, table) + bias, nsp, batch)
+
+    def fused(h, table, bias):
+        return losses.fused_bert_sums(h, table, bias, nsp, batch)
+
+    ref, got = plain(h, table, bias), fused(h, table, bias)
+    assert set(ref) == set(got)
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, err_msg=k)
+    assert 1.0 <= float(got["mlm_correct_sum"]) < float(got["mlm_count"])
+    g_ref = jax.jit(jax.grad(lambda *a: plain(*a)["mlm_loss_sum"], argnums=(0, 1, 2)))(h, table, bias)
+    g_got = jax.jit(jax.grad(lambda *a: fused(*a)["mlm_loss_sum"] * 1.0, argnums=(0, 1, 2)))(h, table, bias)
+    for a, b in zip(g_got, g_ref):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    g2 = jax.grad(lambda h: 2.0 * fused(h, table, bias)["mlm_loss_sum"])(h)
+    np.testing.assert_allclose(g2, 2.0 * g_ref[0], atol=1e-5)
+
 def test_objective_adds_up_over_microbatches():
     rng = np.random.default_rng(0)
     batch = {"targets": rng.integers(0, 7, (4, 3)), "is_real_example": np.array([1, 1, 1, 0])}

@@ -51,7 +51,7 @@ class Bert(nn.Module):
     def __call__(self, input_ids: jax.Array, attention_mask: Optional[jax.Array] = None,
                  token_type_ids: Optional[jax.Array] = None, masked_lm_positions: Optional[jax.Array] = None,
                  deterministic: bool = True, output_hidden_states: bool = False,
-                 position_ids: Optional[jax.Array] = None) -> BertOutput:
+                 position_ids: Optional[jax.Array] = None, return_mlm_logits: bool = True) -> BertOutput:
         cfg = self.cfg
         B, T = input_ids.shape
         if T > cfg.max_position_embeddings:
@@ -71,7 +71,7 @@ class Bert(nn.Module):
         params = self.variables.get("params", {})
         init = self.is_initializing()
         pooled_BxD = Pooler(cfg, name="pooler")(x_BxTxD) if init or "pooler" in params else None
-        mlm_logits = nsp_logits = None
+        mlm_logits = nsp_logits = mlm_hidden = None
         if masked_lm_positions is not None or init:
             if not init:
                 for what, key in (("MLM head", "mlm"), ("NSP head", "nsp"), ("pooler", "pooler")):
@@ -81,9 +81,12 @@ class Bert(nn.Module):
                              else jnp.zeros((B, 1), jnp.int32))
             # Gather first: the vocabulary projection runs on B*P rows, never B*T.
             h_BxPxD = jnp.take_along_axis(x_BxTxD, positions_BxP[:, :, None].astype(jnp.int32), axis=1)
-            mlm_logits = MlmHead(cfg, name="mlm")(h_BxPxD, embeddings.attend)
+            # return_mlm_logits=False hands a fused loss the decoder's input instead (see training.losses).
+            logits = return_mlm_logits or init
+            mlm_out = MlmHead(cfg, name="mlm")(h_BxPxD, embeddings.attend, return_logits=logits)
+            mlm_logits, mlm_hidden = (mlm_out, None) if logits else (None, mlm_out)
             nsp_logits = NspHead(cfg, name="nsp")(pooled_BxD)
             if masked_lm_positions is None:
-                mlm_logits = nsp_logits = None
+                mlm_logits = nsp_logits = mlm_hidden = None
         return BertOutput(last_hidden_state=x_BxTxD, pooler_output=pooled_BxD, hidden_states=hidden,
-                          mlm_logits=mlm_logits, nsp_logits=nsp_logits)
+                          mlm_logits=mlm_logits, nsp_logits=nsp_logits, mlm_hidden=mlm_hidden)

@@ -31,13 +31,18 @@ class MlmHead(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, h_BxPxD: jax.Array, decode: Callable[[jax.Array], jax.Array]) -> jax.Array:
+    def __call__(self, h_BxPxD: jax.Array, decode: Callable[[jax.Array], jax.Array],
+                 return_logits: bool = True) -> jax.Array:
+        """Logits [B, P, V] in fp32; with ``return_logits=False`` the transformed hidden states [B, P, D]
+        that the decoder would read (a fused loss then applies the tied table and ``bias`` itself)."""
         cfg = self.cfg
         h_BxPxD = Dense((cfg.hidden_size,), (sh.EMBED, sh.MLP), cfg.dtype, cfg.param_dtype,
                         cfg.initializer_range, name="transform")(h_BxPxD)
         h_BxPxD = layer_norm(cfg, "LayerNorm")(ACTIVATIONS[cfg.hidden_act](h_BxPxD))
         bias_V = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (sh.VOCAB,)),
                             (cfg.vocab_size,), cfg.param_dtype)
+        if not return_logits:
+            return h_BxPxD
         return decode(h_BxPxD) + bias_V.astype(jnp.float32)
 
 

@@ -17,6 +17,7 @@ class BertOutput:
     hidden_states: Optional[tuple] = None  # (embeddings, layer 1, ..., layer L), each [B, T, D]
     mlm_logits: Optional[jax.Array] = None  # [B, P, V] fp32, at the masked positions only
     nsp_logits: Optional[jax.Array] = None  # [B, 2] fp32
+    mlm_hidden: Optional[jax.Array] = None  # [B, P, D] decoder input, with return_mlm_logits=False
 
 
 @struct.dataclass

@@ -49,6 +49,61 @@ def bert_sums(mlm_logits_BxPxV: jax.Array, nsp_logits_Bx2: jax.Array, batch: dic
     }
 
 
+def fused_bert_sums(mlm_hidden_BxPxD: jax.Array, table_VxD: jax.Array, bias_V: jax.Array,
+                    nsp_logits_Bx2: jax.Array, batch: dict) -> dict:
+    """:func:`bert_sums` with the tied decoder, its bias and the MLM cross-entropy as one differentiable op.
+
+    Same values as ``bert_sums`` on ``h @ table.T + bias``; the backward pass forms the logits' gradient
+    (softmax minus one-hot, times the weight) in one pass instead of differentiating log-softmax, gather
+    and bias-add one by one over the [B*P, V] logits.
+    """
+    B, P, D = mlm_hidden_BxPxD.shape
+    weights_N = batch["masked_lm_weights"].astype(jnp.float32).reshape(B * P)
+    labels_N = batch["masked_lm_ids"].astype(jnp.int32).reshape(B * P)
+    nll_sum, correct_sum = _mlm_fused(mlm_hidden_BxPxD.reshape(B * P, D), table_VxD, bias_V, labels_N, weights_N)
+    labels_B = batch["next_sentence_labels"].reshape(-1)
+    nsp_nll_B, nsp_correct_B = nll_and_correct(nsp_logits_Bx2, labels_B)
+    real_B = _real_B(batch, labels_B.shape[0])
+    return {"mlm_loss_sum": nll_sum, "mlm_correct_sum": correct_sum, "mlm_count": jnp.sum(weights_N),
+            "nsp_loss_sum": jnp.sum(nsp_nll_B * real_B), "nsp_correct_sum": jnp.sum(nsp_correct_B * real_B),
+            "nsp_count": jnp.sum(real_B)}
+
+
+def _mlm_forward(h_NxD, table_VxD, bias_V, labels_N, weights_N):
+    logits_NxV = jnp.einsum("nd,vd->nv", h_NxD, table_VxD.astype(h_NxD.dtype),
+                            preferred_element_type=jnp.float32) + bias_V.astype(jnp.float32)
+    label_N = jnp.take_along_axis(logits_NxV, labels_N[:, None], axis=-1)[:, 0]
+    max_N = jnp.max(logits_NxV, axis=-1)
+    lse_N = max_N + jnp.log(jnp.sum(jnp.exp(logits_NxV - max_N[:, None]), axis=-1))
+    sums = (jnp.sum((lse_N - label_N) * weights_N), jnp.sum((label_N >= max_N) * weights_N))
+    return sums, logits_NxV, lse_N
+
+
+def _mlm_fused_fwd(h_NxD, table_VxD, bias_V, labels_N, weights_N):
+    sums, logits_NxV, lse_N = _mlm_forward(h_NxD, table_VxD, bias_V, labels_N, weights_N)
+    return sums, (h_NxD, table_VxD, bias_V, logits_NxV, lse_N, labels_N, weights_N)
+
+
+def _mlm_fused_bwd(residuals, cotangents):
+    h_NxD, table_VxD, bias_V, logits_NxV, lse_N, labels_N, weights_N = residuals
+    coef_N = weights_N * cotangents[0]  # the accuracy sum has no gradient
+    hit_NxV = jax.lax.broadcasted_iota(jnp.int32, logits_NxV.shape, 1) == labels_N[:, None]
+    g_NxV = (jnp.exp(logits_NxV - lse_N[:, None]) - hit_NxV) * coef_N[:, None]
+    # A sum over rows written as a matrix-vector product: XLA's CPU reduction over the major axis of a
+    # [N, V] array ran ~40x slower than this on 2 cores (46 ms vs 1 ms at N=320, V=30522).
+    dbias_V = jnp.einsum("n,nv->v", jnp.ones_like(coef_N), g_NxV,
+                         preferred_element_type=jnp.float32).astype(bias_V.dtype)
+    g_NxV = g_NxV.astype(h_NxD.dtype)
+    dh_NxD = jnp.einsum("nv,vd->nd", g_NxV, table_VxD.astype(h_NxD.dtype),
+                        preferred_element_type=jnp.float32).astype(h_NxD.dtype)
+    dtable_VxD = jnp.einsum("nv,nd->vd", g_NxV, h_NxD, preferred_element_type=jnp.float32).astype(table_VxD.dtype)
+    return dh_NxD, dtable_VxD, dbias_V, None, jnp.zeros_like(weights_N)
+
+
+_mlm_fused = jax.custom_vjp(lambda h, t, b, y, w: _mlm_forward(h, t, b, y, w)[0])
+_mlm_fused.defvjp(_mlm_fused_fwd, _mlm_fused_bwd)
+
+
 def _gpt_weights(batch: dict) -> jax.Array:
     targets_BxT = batch["targets"]
     return (targets_BxT >= 0).astype(jnp.float32) * _real_B(batch, targets_BxT.shape[0])[:, None]

@@ -32,8 +32,12 @@ def model_sums(model: nn.Module, is_bert: bool, params: Any, batch: dict, *, det
     if is_bert:
         out = model.apply({"params": params}, batch["input_ids"], attention_mask=batch["input_mask"],
                           token_type_ids=batch["segment_ids"], masked_lm_positions=batch["masked_lm_positions"],
-                          deterministic=deterministic, rngs=rngs)
-        return losses.bert_sums(out.mlm_logits, out.nsp_logits, batch)
+                          deterministic=deterministic, rngs=rngs, return_mlm_logits=False)
+        # The decoder is the token table (tied), applied inside the fused MLM loss. Its feature axis is
+        # kept whole, as in Embedding.attend (see the note there).
+        table = nn.with_logical_constraint(params["embeddings"]["word_embeddings"]["embedding"],
+                                           (sharding.VOCAB, None))
+        return losses.fused_bert_sums(out.mlm_hidden, table, params["mlm"]["bias"], out.nsp_logits, batch)
     # GPT-2's LM head is the token table (tied): the loss projects onto it chunk by chunk instead of
     # asking the model for [B, T, V] logits.
     out = model.apply({"params": params}, batch["input_ids"], segment_ids=batch.get("segment_ids"),
