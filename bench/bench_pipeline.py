@@ -41,7 +41,8 @@ def synthetic_bert_store(path: str, num_tokens: int, seed: int = 0) -> str:
     while total < num_tokens:
         sent_len = np.clip(rng.geometric(1 / 25, int(rng.integers(5, 60))), 3, 120)
         tokens = rng.integers(1000, tok.vocab_size, int(sent_len.sum()))
-        records.append(token_store.encode_document(tokens, np.cumsum(sent_len), token_store.token_dtype(tok.vocab_size)))
+        dtype = token_store.token_dtype(tok.vocab_size)
+        records.append(token_store.encode_document(tokens, np.cumsum(sent_len), dtype))
         total += len(tokens)
     _finish(path, records, tok.info())
     return path

@@ -4,8 +4,9 @@
 
 Shapes: BERT-small (L4/H512/A8, vocab 30522) at batch 16 x 128 with 20 masked positions, and the same
 shape as GPT-2 (vocab 50257) at batch 8 x 256. fp32 on CPU. Each side runs in its own subprocess so its
-peak memory (ru_maxrss) is its own; the JAX BERT process also times a plain jitted f32 matmul, the
-reference rate for the step's model FLOPs per second. Timings on a shared machine drift: read the ratios.
+peak memory (ru_maxrss) is its own; the JAX BERT process also times a plain jitted f32 matmul (2048^3)
+after every step, the reference rate for the step's model FLOPs per second (median against median).
+Timings on a shared machine drift: read the ratios.
 """
 
 from __future__ import annotations
@@ -29,24 +30,39 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _time_steps(step, steps: int, warmup: int = 2) -> float:
-    """Median seconds per step after ``warmup`` steps; ``step()`` must block until its work is done."""
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+def _time_steps(step, steps: int, warmup: int = 2, reference=None) -> tuple[float, float | None]:
+    """Median seconds per step after ``warmup`` steps; ``step()`` must block until its work is done.
+
+    With ``reference`` (a callable), it runs twice after every step and its second run is timed (the
+    median comes second): interleaving makes load from other work on the machine hit both alike.
+    """
     for _ in range(warmup):
         step()
-    times = []
+        if reference is not None:
+            reference()
+    times, ref_times = [], []
     for _ in range(steps):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    times.sort()
-    return times[len(times) // 2]
+        if reference is not None:
+            reference()  # untimed: the first matmul after a step runs 20-40% slower (cold caches, idle threads)
+            t0 = time.perf_counter()
+            reference()
+            ref_times.append(time.perf_counter() - t0)
+    return _median(times), (_median(ref_times) if ref_times else None)
 
 
 def run_jax(kind: str, steps: int) -> dict:
     import jax
 
     from bertgpt_jax import configs, models, sharding
-    from bertgpt_jax.training import metrics, optimizers, schedules, synthetic
+    from bertgpt_jax.training import optimizers, schedules, synthetic
     from bertgpt_jax.training import state as state_lib
     from bertgpt_jax.training import step as step_lib
     from bertgpt_jax.training.inputs import place
@@ -75,13 +91,21 @@ def run_jax(kind: str, steps: int) -> dict:
         box["i"] += 1
         m["loss"].block_until_ready()
 
-    seconds = _time_steps(step, steps)
+    # The reference rate: a plain jitted f32 matmul (n=2048), timed after every step in this process.
+    n = 2048
+    a = jax.device_put(jax.numpy.ones((n, n), jax.numpy.float32), jax.devices()[0])
+    matmul = jax.jit(lambda x: x @ x)
+
+    def reference():
+        matmul(a).block_until_ready()
+
+    seconds, matmul_seconds = _time_steps(step, steps, reference=reference if kind == "bert" else None)
     tokens = shape["batch"] * shape["seq"]
     flops = models.flops_per_token(cfg, shape["seq"], preds if cfg.is_bert else None) * tokens
     out = {"side": f"jax_{kind}", "seconds_per_step": seconds, "tokens_per_sec": tokens / seconds,
            "model_gflops_per_sec": flops / seconds / 1e9, "peak_rss_mb": _peak_rss_mb()}
-    if kind == "bert":
-        out["matmul_gflops_per_sec"] = metrics.measured_matmul_flops(n=2048, repeats=5) / 1e9
+    if matmul_seconds is not None:
+        out["matmul_gflops_per_sec"] = 2 * n ** 3 / matmul_seconds / 1e9
     return out
 
 
@@ -124,7 +148,7 @@ def run_torch(kind: str, steps: int) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
-    seconds = _time_steps(step, steps)
+    seconds, _ = _time_steps(step, steps)
     return {"side": f"torch_{kind}", "seconds_per_step": seconds, "tokens_per_sec": B * T / seconds,
             "peak_rss_mb": _peak_rss_mb()}
 
