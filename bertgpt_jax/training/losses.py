@@ -164,14 +164,18 @@ def _chunks(x_BxTx_: jax.Array, chunk: int) -> jax.Array:
 
 
 def _chunk_stats(h_BxCxD, table_VxD, targets_BxC, weights_BxC):
+    """Logits of one chunk and its sums; returns (exp(logits - max) [B,C,V], 1/sum of it, nll, correct)."""
     logits_BxCxV = jnp.einsum("bcd,vd->bcv", h_BxCxD, table_VxD.astype(h_BxCxD.dtype),
                               preferred_element_type=jnp.float32)
     label_BxC = jnp.take_along_axis(logits_BxCxV, targets_BxC[..., None], axis=-1)[..., 0]
-    max_BxC = jax.lax.stop_gradient(jnp.max(logits_BxCxV, axis=-1))
-    lse_BxC = max_BxC + jnp.log(jnp.sum(jnp.exp(logits_BxCxV - max_BxC[..., None]), axis=-1))
-    nll = jnp.sum((lse_BxC - label_BxC) * weights_BxC)
+    max_BxC = jnp.max(logits_BxCxV, axis=-1)
+    # exp once, kept for the softmax of the backward pass; the row sum as a matrix-vector product, which
+    # XLA's CPU backend runs ~2x faster than its fused exp-and-reduce over a [B, C, 50257] chunk.
+    exp_BxCxV = jnp.exp(logits_BxCxV - max_BxC[..., None])
+    sum_BxC = jnp.einsum("bcv,v->bc", exp_BxCxV, jnp.ones(exp_BxCxV.shape[-1], jnp.float32))
+    nll = jnp.sum((max_BxC + jnp.log(sum_BxC) - label_BxC) * weights_BxC)
     correct = jnp.sum((label_BxC >= max_BxC) * weights_BxC)  # as nll_and_correct: ties count
-    return logits_BxCxV, lse_BxC, nll, correct
+    return exp_BxCxV, 1.0 / sum_BxC, nll, correct
 
 
 def _fused_primal(h_BxTxD, table_VxD, targets_BxT, weights_BxT, chunk):
@@ -187,23 +191,29 @@ def _fused_primal(h_BxTxD, table_VxD, targets_BxT, weights_BxT, chunk):
 def _fused_fwd(h_BxTxD, table_VxD, targets_BxT, weights_BxT, chunk):
     # The gradient is computed chunk by chunk in the forward pass: softmax minus one-hot, times the
     # weight, projected back at once, so no [B, T, V] array (logits or their gradient) ever exists.
-    def body(dtable_VxD, xs):
+    # The table's gradient accumulates transposed ([D, V]: the chunk's gradient is then the matmul's
+    # right operand as it lies) and the table is transposed once for the projection back, instead of
+    # XLA transposing a [B, C, V] or [V, D] array in every chunk.
+    table_DxV = jnp.swapaxes(table_VxD, 0, 1).astype(h_BxTxD.dtype)
+
+    def body(dtable_DxV, xs):
         h_BxCxD, targets_BxC, weights_BxC = xs
-        logits, lse, nll, correct = _chunk_stats(h_BxCxD, table_VxD, targets_BxC, weights_BxC)
-        probs_BxCxV = jnp.exp(logits - lse[..., None])
-        onehot_hit = jax.nn.one_hot(targets_BxC, logits.shape[-1], dtype=jnp.bool_)
+        exp_BxCxV, inv_sum_BxC, nll, correct = _chunk_stats(h_BxCxD, table_VxD, targets_BxC, weights_BxC)
+        onehot_hit = jax.nn.one_hot(targets_BxC, exp_BxCxV.shape[-1], dtype=jnp.bool_)
+        probs_BxCxV = exp_BxCxV * inv_sum_BxC[..., None]
         g_BxCxV = (jnp.where(onehot_hit, probs_BxCxV - 1.0, probs_BxCxV) * weights_BxC[..., None])
         g_BxCxV = g_BxCxV.astype(h_BxCxD.dtype)
-        dh_BxCxD = jnp.einsum("bcv,vd->bcd", g_BxCxV, table_VxD.astype(h_BxCxD.dtype),
+        dh_BxCxD = jnp.einsum("bcv,dv->bcd", g_BxCxV, table_DxV,
                               preferred_element_type=jnp.float32).astype(h_BxCxD.dtype)
-        dtable_VxD = dtable_VxD + jnp.einsum("bcv,bcd->vd", g_BxCxV, h_BxCxD, preferred_element_type=jnp.float32)
-        return dtable_VxD, (nll, correct, dh_BxCxD)
+        dtable_DxV = dtable_DxV + jnp.einsum("bcd,bcv->dv", h_BxCxD, g_BxCxV, preferred_element_type=jnp.float32)
+        return dtable_DxV, (nll, correct, dh_BxCxD)
 
     dtable, (nll, correct, dh) = jax.lax.scan(
-        body, jnp.zeros(table_VxD.shape, jnp.float32),
+        body, jnp.zeros(table_DxV.shape, jnp.float32),
         (_chunks(h_BxTxD, chunk), _chunks(targets_BxT, chunk), _chunks(weights_BxT, chunk)))
     dh_BxTxD = jnp.swapaxes(dh, 0, 1).reshape(h_BxTxD.shape)
-    return (jnp.sum(nll), jnp.sum(correct)), (dh_BxTxD, dtable.astype(table_VxD.dtype), targets_BxT, weights_BxT)
+    dtable_VxD = jnp.swapaxes(dtable, 0, 1).astype(table_VxD.dtype)
+    return (jnp.sum(nll), jnp.sum(correct)), (dh_BxTxD, dtable_VxD, targets_BxT, weights_BxT)
 
 
 def _fused_bwd(chunk, residuals, cotangents):
