@@ -13,6 +13,7 @@ import collections
 import dataclasses
 import glob
 import gzip
+import itertools
 import json
 import os
 import re
@@ -157,9 +158,14 @@ def _emit(doc: list[str], stats: CorpusStats) -> list[str] | None:
 
 def parse_text_block(raw: bytes, stats: CorpusStats, max_line_bytes: int = MAX_LINE_BYTES) -> list[list[str]]:
     """Documents of a block in the original BERT format: one sentence per line, blank lines between."""
+    lines = [line.strip() for line in _decode(raw, stats)]
+    if max(map(len, lines), default=0) * 4 <= max_line_bytes:  # no line can be too long: group in C
+        docs = [list(group) for keep, group in itertools.groupby(lines, bool) if keep]
+        stats.documents += len(docs)
+        stats.sentences += sum(map(len, docs))
+        return docs
     docs, doc = [], []
-    for line in _decode(raw, stats):
-        line = line.strip()
+    for line in lines:
         if line:
             if len(line) * 4 > max_line_bytes and len(line.encode("utf-8")) > max_line_bytes:
                 doc.extend(_split_long_line(line, max_line_bytes, stats))
