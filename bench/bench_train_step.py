@@ -91,15 +91,15 @@ def run_jax(kind: str, steps: int) -> dict:
         box["i"] += 1
         m["loss"].block_until_ready()
 
-    # The reference rate: a plain jitted f32 matmul (n=2048), timed after every step in this process.
-    n = 2048
-    a = jax.device_put(jax.numpy.ones((n, n), jax.numpy.float32), jax.devices()[0])
-    matmul = jax.jit(lambda x: x @ x)
+    reference, n = None, 2048
+    if kind == "bert":  # the reference rate: a plain jitted f32 matmul, timed after every step in this process
+        a = jax.device_put(jax.numpy.ones((n, n), jax.numpy.float32), jax.devices()[0])
+        matmul = jax.jit(lambda x: x @ x)
 
-    def reference():
-        matmul(a).block_until_ready()
+        def reference():
+            matmul(a).block_until_ready()
 
-    seconds, matmul_seconds = _time_steps(step, steps, reference=reference if kind == "bert" else None)
+    seconds, matmul_seconds = _time_steps(step, steps, reference=reference)
     tokens = shape["batch"] * shape["seq"]
     flops = models.flops_per_token(cfg, shape["seq"], preds if cfg.is_bert else None) * tokens
     out = {"side": f"jax_{kind}", "seconds_per_step": seconds, "tokens_per_sec": tokens / seconds,

@@ -90,6 +90,18 @@ class Dropout(nn.Module):
         return jnp.where(keep, x / jnp.asarray(1.0 - self.rate, x.dtype), jnp.zeros((), x.dtype))
 
 
+def whole_features(table_VxD: jax.Array, row_axis: str = sh.VOCAB) -> jax.Array:
+    """An embedding table with its feature axis unsplit (rows may stay split), for lookups and tied decoders.
+
+    A gather from a table split over rows and features makes XLA replicate it in full ("involuntary full
+    rematerialization"); and with the feature axis split over fsdp while the activations' batch is also
+    split over fsdp, XLA's SPMD partitioner returned wrong gradients for the tied projection on a 2x2x2
+    mesh (loss still right; tests/test_model_sharding.py guards this). FSDP all-gathers weights before use
+    anyway.
+    """
+    return nn.with_logical_constraint(table_VxD, (row_axis, None))
+
+
 def constrain_hidden(x_BxTxD: jax.Array) -> jax.Array:
     return nn.with_logical_constraint(x_BxTxD, (sh.BATCH, sh.LENGTH, sh.EMBED))
 
@@ -142,17 +154,12 @@ class Embedding(nn.Module):
             self.param_dtype)
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        # Features whole (FSDP all-gathers weights before use anyway): a gather from a table split over
-        # rows and features makes XLA replicate it in full ("involuntary full rematerialization").
-        table = nn.with_logical_constraint(self.embedding, (self.axes[0], None))
+        table = whole_features(self.embedding, self.axes[0])
         return jnp.take(table, ids, axis=0).astype(self.dtype)
 
     def attend(self, x_xD: jax.Array) -> jax.Array:
         """Logits against every row of the table, in fp32."""
-        # The feature axis must be whole here: with it split over fsdp while x's batch is also split
-        # over fsdp, XLA's SPMD partitioner returned wrong gradients on a 2x2x2 mesh (loss still right);
-        # tests/test_model_sharding.py guards this.
-        table = nn.with_logical_constraint(self.embedding, (self.axes[0], None))
+        table = whole_features(self.embedding, self.axes[0])
         return jnp.einsum("...d,vd->...v", x_xD, table.astype(x_xD.dtype),
                           preferred_element_type=jnp.float32)
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from bertgpt_jax import sharding
+from bertgpt_jax.models import layers
 from bertgpt_jax.training import losses
 from bertgpt_jax.training.state import TrainState
 
@@ -33,17 +34,16 @@ def model_sums(model: nn.Module, is_bert: bool, params: Any, batch: dict, *, det
         out = model.apply({"params": params}, batch["input_ids"], attention_mask=batch["input_mask"],
                           token_type_ids=batch["segment_ids"], masked_lm_positions=batch["masked_lm_positions"],
                           deterministic=deterministic, rngs=rngs, return_mlm_logits=False)
-        # The decoder is the token table (tied), applied inside the fused MLM loss. Its feature axis is
-        # kept whole, as in Embedding.attend (see the note there).
-        table = nn.with_logical_constraint(params["embeddings"]["word_embeddings"]["embedding"],
-                                           (sharding.VOCAB, None))
+        # The decoder is the token table (tied), applied inside the fused MLM loss with the same view of
+        # it as Embedding.attend.
+        table = layers.whole_features(params["embeddings"]["word_embeddings"]["embedding"])
         return losses.fused_bert_sums(out.mlm_hidden, table, params["mlm"]["bias"], out.nsp_logits, batch)
     # GPT-2's LM head is the token table (tied): the loss projects onto it chunk by chunk instead of
     # asking the model for [B, T, V] logits.
     out = model.apply({"params": params}, batch["input_ids"], segment_ids=batch.get("segment_ids"),
                       position_ids=batch.get("position_ids"), deterministic=deterministic, rngs=rngs,
                       return_logits=False)
-    return losses.fused_gpt_sums(out.last_hidden_state, params["wte"]["embedding"], batch)
+    return losses.fused_gpt_sums(out.last_hidden_state, layers.whole_features(params["wte"]["embedding"]), batch)
 
 
 @dataclasses.dataclass(frozen=True)
