@@ -83,11 +83,15 @@ def encode_documents(tokenizer: Tokenizer, docs: Sequence[Sequence[str]], dtype:
     """
     out = []
     if hasattr(tokenizer, "encode_document"):  # whole-document encoding (byte-level BPE), as arrays
-        for doc in docs:
-            tokens, ends = tokenizer.encode_document(doc)
+        if hasattr(tokenizer, "encode_documents"):
+            encoded = tokenizer.encode_documents(docs)
+        else:
+            encoded = [tokenizer.encode_document(doc) for doc in docs]
+        for doc, (tokens, ends) in zip(docs, encoded):
+            ends = np.asarray(ends, np.int64)
             empty = 0
-            if ends[0] == 0 or len(set(ends)) != len(ends):  # rare: a sentence gave no token
-                kept = sorted(set(e for e in ends if e > 0))
+            if ends[0] == 0 or (len(ends) > 1 and not np.all(ends[1:] != ends[:-1])):  # rare: empty sentences
+                kept = np.unique(ends[ends > 0])
                 empty, ends = len(ends) - len(kept), kept
             out.append((token_store.encode_document(tokens, ends, dtype), len(ends), len(tokens), empty)
                        if len(tokens) else (None, 0, 0, len(doc)))

@@ -176,11 +176,41 @@ def test_bpe_document_encoding_marks_sentence_ends(gpt2_tiktoken):
     sentences = ["First sentence here.", "Second one, with 'quotes'.", "日本語の文。", "Last"]
     ids, ends = tok.encode_document(sentences)
     assert ids.tolist() == ref.encode_ordinary("\n".join(sentences))
-    starts = [0] + ends[:-1]
+    assert ends.dtype == np.int64
+    starts = [0] + ends[:-1].tolist()
     assert [tok.decode(ids[s:e]) for s, e in zip(starts, ends)] == [s + "\n" for s in sentences[:-1]] + ["Last"]
     # Outer whitespace makes tokens span the newline: the fallback encodes sentence by sentence.
     ids, ends = tok.encode_document(["a ", " b"])
     assert tok.decode(ids[:ends[0]]) == "a \n" and tok.decode(ids[ends[0]:]) == " b"
+
+
+def _assert_same_encodings(got, want):
+    assert len(got) == len(want)
+    for (ids, ends), (ref_ids, ref_ends) in zip(got, want):
+        assert ids.tolist() == ref_ids.tolist() and np.asarray(ends).tolist() == np.asarray(ref_ends).tolist()
+
+
+def test_bpe_block_encoding_equals_document_by_document(gpt2_tiktoken, tmp_path):
+    from bertgpt_jax.data import corpus
+
+    tok = tokenization.from_file(gpt2_tiktoken)
+    calls = []
+    real = tok.enc.encode_to_numpy
+    tok.enc.encode_to_numpy = lambda *a, **k: calls.append(1) or real(*a, **k)
+    docs = list(corpus.read_documents("default"))[:120] + [[t] for t in MIXED[:9] if t.strip() == t]
+    docs += [[" ".join(t.split()) or "x" for t in _random_texts(6, seed)] for seed in range(30)]
+    _assert_same_encodings(tok.encode_documents(docs), [tok.encode_document(d) for d in docs])
+    assert len(calls) == 1 + len(docs)  # the block went through tiktoken in one call
+    odd_docs = [_random_texts(5, seed) for seed in range(30)]  # control characters, newlines, outer spaces
+    _assert_same_encodings(tok.encode_documents(odd_docs), [tok.encode_document(d) for d in odd_docs])
+    # Documents that break the rule (outer whitespace, newlines inside a sentence, an empty sentence,
+    # whitespace runs that take the newline along) are encoded one by one, with the same result.
+    for odd in (["  leading", "b"], ["trailing ", "b"], ["a\nb", "c"], ["a", "", "b"], ["a \u3000", "b"],
+                ["\n"], ["x"]):
+        block = docs[:3] + [odd] + docs[3:5]
+        _assert_same_encodings(tok.encode_documents(block), [tok.encode_document(d) for d in block])
+    lower = bpe.ByteLevelBPETokenizer(tok.ranks, tok.special_tokens, lowercase=True)
+    _assert_same_encodings(lower.encode_documents(docs[:40]), [lower.encode_document(d) for d in docs[:40]])
 
 
 def _gpt2_style_files(ranks, directory, limit, permute):

@@ -43,8 +43,7 @@ def encode_document(tokens: np.ndarray, sentence_ends: Sequence[int], dtype: np.
     tokens = np.asarray(tokens)
     if len(ends) and int(ends[-1]) != len(tokens):
         raise ValueError(f"last sentence end {int(ends[-1])} != number of tokens {len(tokens)}")
-    return (np.array([len(ends)], _HEADER).tobytes() + ends.tobytes()
-            + tokens.astype(dtype, copy=False).tobytes())
+    return b"".join((len(ends).to_bytes(4, "little"), ends.tobytes(), tokens.astype(dtype, copy=False).tobytes()))
 
 
 def decode_document(record: bytes, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:

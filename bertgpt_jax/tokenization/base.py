@@ -91,7 +91,7 @@ class Tokenizer:
             h = hashlib.sha256()
             h.update(json.dumps({"kind": self.kind, "settings": self._settings(), "special": self.special},
                                 sort_keys=True).encode())
-            h.update(b"".join(len(item).to_bytes(4, "little") + item for item in self._vocab_digest_items()))
+            h.update(b"".join([len(item).to_bytes(4, "little") + item for item in self._vocab_digest_items()]))
             self._fingerprint = h.hexdigest()[:32]
         return self._fingerprint
 

@@ -7,9 +7,9 @@ rank -> id table. ``decode(encode(x)) == x`` for every string, since the ids spe
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
+import operator
 import os
 from functools import lru_cache
 from typing import Sequence
@@ -188,24 +188,61 @@ class ByteLevelBPETokenizer(Tokenizer):
         texts = [t.lower() for t in texts] if self.lowercase else list(texts)
         return [self._to_ids(r) for r in self.enc.encode_ordinary_batch(texts, num_threads=num_threads)]
 
-    def encode_document(self, sentences: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+    def encode_document(self, sentences: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Encodes the sentences joined by newlines as one text (tiktoken is fast on long texts, slow on
-        many short ones); each sentence but the last keeps its newline token. Returns ``(ids, ends)``."""
+        many short ones); each sentence but the last keeps its newline token. Returns ``(ids, ends)``, the
+        ids as tiktoken gives them (uint32) unless a vocab.json renumbers them, the ends as int64."""
         text = "\n".join(s.lower() for s in sentences) if self.lowercase else "\n".join(sentences)
         # encode_to_numpy with no special tokens allowed or disallowed is encode_ordinary, minus the list.
         ids = self.enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
-        ids = ids.astype(np.int64) if self.rank_to_id is None else self.rank_to_id[ids]
+        if self.rank_to_id is not None:
+            ids = self.rank_to_id[ids]
         if len(sentences) <= 1:
-            return ids, [len(ids)]
+            return ids, np.array([len(ids)], np.int64)
         # When the text has exactly the joining newlines and each became a token of its own, those
         # tokens are the sentence boundaries.
         newlines = np.flatnonzero(ids == self.newline_id)
         if text.count("\n") == len(sentences) - 1 == len(newlines):
-            return ids, (newlines + 1).tolist() + [len(ids)]
+            ends = np.empty(len(sentences), np.int64)
+            np.add(newlines, 1, out=ends[:-1])
+            ends[-1] = len(ids)
+            return ids, ends
         # Otherwise (sentences with newlines or outer whitespace) encode sentence by sentence.
         raw = [s + "\n" for s in sentences[:-1]] + [sentences[-1]]
         parts = self.encode_batch(raw)
-        return np.array([i for p in parts for i in p], np.int64), np.cumsum([len(p) for p in parts]).tolist()
+        return np.array([i for p in parts for i in p], np.int64), np.cumsum([len(p) for p in parts])
+
+    def encode_documents(self, docs: Sequence[Sequence[str]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`encode_document` of each document, in one tiktoken call for them all when that is exact.
+
+        With GPT-2's pattern, documents joined by a blank line tokenize as each alone plus two newline
+        tokens between them, provided no document starts or ends with whitespace and every newline comes
+        out as a token of its own (both are checked; otherwise each document is encoded alone). One call
+        per block instead of one per document saves the per-call and per-array costs (~6% of the stage).
+        """
+        texts = ["\n".join(s.lower() for s in d) if self.lowercase else "\n".join(d) for d in docs]
+        counts = [len(d) for d in docs]
+        newlines = sum(counts) + len(docs) - 2  # (n - 1) in each document, two between documents
+        if (len(docs) < 2 or self.pattern != GPT2_PATTERN or not all(counts)
+                or not all(t and not t[0].isspace() and not t[-1].isspace() for t in texts)):
+            return [self.encode_document(d) for d in docs]
+        text = "\n\n".join(texts)
+        if text.count("\n") != newlines:  # a sentence holds a newline of its own
+            return [self.encode_document(d) for d in docs]
+        ranks = self.enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
+        at = np.flatnonzero(ranks == self.ranks[b"\n"])
+        if len(at) != newlines:  # some newline merged with neighbouring whitespace
+            return [self.encode_document(d) for d in docs]
+        ids = ranks if self.rank_to_id is None else self.rank_to_id[ranks]
+        out, k, start = [], 0, 0
+        for j, n in enumerate(counts):
+            end = int(at[k + n - 1]) if j + 1 < len(docs) else len(ids)
+            ends = np.empty(n, np.int64)
+            np.subtract(at[k:k + n - 1], start - 1, out=ends[:-1])  # each sentence keeps its newline
+            ends[-1] = end - start
+            out.append((ids[start:end], ends))
+            k, start = k + n + 1, end + 2
+        return out
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
@@ -237,8 +274,9 @@ class ByteLevelBPETokenizer(Tokenizer):
     def save(self, directory: str) -> str:
         """Writes the ranks as ``bpe.tiktoken`` (tiktoken's format) plus the settings."""
         os.makedirs(directory, exist_ok=True)
-        lines = [f"{base64.b64encode(tok).decode()} {r}" for tok, r in sorted(self.ranks.items(), key=lambda kv: kv[1])]
-        atomic_files.write_text(os.path.join(directory, "bpe.tiktoken"), "\n".join(lines) + "\n")
+        lines = [binascii.b2a_base64(tok, newline=False) + b" %d\n" % r for tok, r in self._ranked()]
+        with atomic_files.atomic_open(os.path.join(directory, "bpe.tiktoken"), "wb") as f:
+            f.write(b"".join(lines))
         write_meta(directory, {"kind": self.kind, "ranks_file": "bpe.tiktoken", "pattern": self.pattern,
                                "special_tokens": self.special_tokens, "lowercase": self.lowercase,
                                # ids differ from ranks when a vocab.json numbers tokens otherwise
@@ -248,7 +286,15 @@ class ByteLevelBPETokenizer(Tokenizer):
     def _settings(self) -> dict:
         return {"pattern": self.pattern, "special_tokens": self.special_tokens, "lowercase": self.lowercase}
 
+    def _ranked(self) -> list[tuple[bytes, int]]:
+        """``(token bytes, rank)`` in rank order (a rank file is in that order already)."""
+        items = list(self.ranks.items())
+        if any(a[1] > b[1] for a, b in zip(items, items[1:])):
+            items.sort(key=operator.itemgetter(1))
+        return items
+
     def _vocab_digest_items(self):
-        for tok, r in sorted(self.ranks.items(), key=lambda kv: kv[1]):
-            rid = r if self.rank_to_id is None else int(self.rank_to_id[r])
-            yield tok + b"\x00" + rid.to_bytes(4, "little")
+        if self.rank_to_id is None:
+            return [tok + b"\x00" + r.to_bytes(4, "little") for tok, r in self._ranked()]
+        ids = self.rank_to_id.tolist()
+        return [tok + b"\x00" + ids[r].to_bytes(4, "little") for tok, r in self._ranked()]
