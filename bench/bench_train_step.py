@@ -101,7 +101,8 @@ def run_jax(kind: str, steps: int) -> dict:
 
     seconds, matmul_seconds = _time_steps(step, steps, reference=reference)
     tokens = shape["batch"] * shape["seq"]
-    flops = models.flops_per_token(cfg, shape["seq"], preds if cfg.is_bert else None) * tokens
+    flops = models.flops_per_token(cfg, shape["seq"], preds if cfg.is_bert else None,
+                                   heads_only=not cfg.scan_layers) * tokens  # the work the step needs
     out = {"side": f"jax_{kind}", "seconds_per_step": seconds, "tokens_per_sec": tokens / seconds,
            "model_gflops_per_sec": flops / seconds / 1e9, "peak_rss_mb": _peak_rss_mb()}
     if matmul_seconds is not None:

@@ -207,6 +207,11 @@ def test_flops_per_token_and_count():
     assert models.flops_per_token(cfg, 1024) == pytest.approx(6 * matmul + 12 * 12 * 768 * 1024)
     bert = configs.get("bert-base")
     assert models.flops_per_token(bert, 128, num_predictions=20) < models.flops_per_token(bert, 128)
+    # heads_only: the last layer's Q, output and MLP matmuls and its attention at 21 of 128 rows.
+    D, F, T, rows = 768, 3072, 128, 21
+    saved = 6 * (2 * D * D + 2 * D * F) * (T - rows) / T + 12 * D * (T - rows)
+    assert models.flops_per_token(bert, T, 20, heads_only=False) - models.flops_per_token(bert, T, 20) == \
+        pytest.approx(saved)
 
 
 def test_too_long_input_is_a_clear_error():
@@ -214,3 +219,58 @@ def test_too_long_input_is_a_clear_error():
     model = models.from_config(cfg)
     with pytest.raises(ValueError, match="sequence length 9 exceeds max_position_embeddings"):
         model.init(jax.random.key(0), jnp.zeros((1, 9), jnp.int32))
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_bert_heads_only_equals_the_full_last_layer(remat):
+    """heads_only runs the last layer at [CLS] and the masked positions: same heads, same dropout, same
+    gradients as the full model."""
+    cfg = tiny("bert-tiny", remat=remat, num_hidden_layers=3)
+    model, params, ids = _init(cfg, B=3, T=16, P=4)
+    mask = jnp.asarray(np.arange(16)[None, :] < np.array([[16], [11], [7]]), jnp.int32)
+    pos = jnp.array([[1, 2, 5, 15], [0, 3, 10, 4], [6, 1, 2, 0]])
+    kw = dict(attention_mask=mask, token_type_ids=jnp.zeros_like(ids), masked_lm_positions=pos)
+
+    def heads(p, heads_only, seed=0):
+        out = model.apply({"params": p}, ids, **kw, deterministic=False, rngs={"dropout": jax.random.key(seed)},
+                          heads_only=heads_only)
+        return out.mlm_logits, out.nsp_logits, out.pooler_output, out.last_hidden_state
+
+    full, part = heads(params, False), heads(params, True)
+    assert part[3] is None and full[3].shape == (3, 16, 32)
+    for a, b in zip(full[:3], part[:3]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert np.abs(np.asarray(heads(params, True, seed=1)[0]) - np.asarray(part[0])).max() > 1e-3  # dropout on
+
+    def loss(p, heads_only):
+        mlm, nsp, _, _ = heads(p, heads_only)
+        return (mlm ** 2).mean() + (nsp ** 2).mean()
+
+    g_full = jax.grad(loss)(params, False)
+    g_part = jax.grad(loss)(params, True)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g_full, g_part)
+
+
+def test_dropout_at_selected_rows_matches_the_full_mask():
+    from bertgpt_jax.models.layers import dropout_bits
+
+    key = jax.random.key(3)
+    full = np.asarray(dropout_bits(key, (2, 3, 8, 5)))
+    rows = jnp.array([[7, 0], [2, 2]])
+    part = np.asarray(dropout_bits(key, (2, 3, 2, 5), rows, row_axis=2, length=8))
+    np.testing.assert_array_equal(part, np.take_along_axis(full, np.asarray(rows)[:, None, :, None], axis=2))
+
+
+def test_gpt_block_at_selected_rows_matches_the_full_block():
+    from bertgpt_jax.models.layers import Block
+
+    cfg = tiny("gpt2")
+    block = Block(cfg, deterministic=False, pre_ln=True, is_causal=True)
+    x = jnp.asarray(np.random.RandomState(1).randn(2, 10, 32), jnp.float32)
+    variables = block.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, None)
+    rows = jnp.array([[9, 0, 4], [3, 3, 7]])
+    rngs = {"dropout": jax.random.key(5)}
+    full, _ = block.apply(variables, x, None, rngs=rngs)
+    part, _ = block.apply(variables, x, None, rows, rngs=rngs)
+    np.testing.assert_allclose(part, np.take_along_axis(np.asarray(full), np.asarray(rows)[:, :, None], axis=1),
+                               rtol=1e-5, atol=1e-6)

@@ -51,7 +51,11 @@ class Bert(nn.Module):
     def __call__(self, input_ids: jax.Array, attention_mask: Optional[jax.Array] = None,
                  token_type_ids: Optional[jax.Array] = None, masked_lm_positions: Optional[jax.Array] = None,
                  deterministic: bool = True, output_hidden_states: bool = False,
-                 position_ids: Optional[jax.Array] = None, return_mlm_logits: bool = True) -> BertOutput:
+                 position_ids: Optional[jax.Array] = None, return_mlm_logits: bool = True,
+                 heads_only: bool = False) -> BertOutput:
+        """``heads_only=True`` (with ``masked_lm_positions``) computes the last layer only where the heads
+        read it, [CLS] and the masked positions: the same heads' outputs for ~(P+1)/T of that layer's
+        work, and ``last_hidden_state`` None. Pretraining and its evaluation use it."""
         cfg = self.cfg
         B, T = input_ids.shape
         if T > cfg.max_position_embeddings:
@@ -62,15 +66,26 @@ class Bert(nn.Module):
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
         mask = masks.padding_mask(attention_mask) if attention_mask is not None else None
+        rows_BxQ = None
+        if heads_only and masked_lm_positions is not None and not self.is_initializing():
+            if output_hidden_states:
+                raise ValueError("heads_only computes the last layer at the heads' positions only; it cannot "
+                                 "also return every layer's hidden states")
+            rows_BxQ = jnp.concatenate([jnp.zeros((B, 1), jnp.int32), masked_lm_positions.astype(jnp.int32)], 1)
 
         embeddings = BertEmbeddings(cfg, name="embeddings")
         x_BxTxD = constrain_hidden(embeddings(input_ids, token_type_ids, position_ids, deterministic))
         x_BxTxD, hidden = Stack(cfg, deterministic, pre_ln=False, is_causal=False,
-                                output_hidden_states=output_hidden_states, name="encoder")(x_BxTxD, mask)
+                                output_hidden_states=output_hidden_states, name="encoder")(x_BxTxD, mask, rows_BxQ)
+        x_BxQxD = None
+        if rows_BxQ is not None:  # row 0 is [CLS], the rest are the masked positions
+            x_BxQxD, x_BxTxD = x_BxTxD, None
 
         params = self.variables.get("params", {})
         init = self.is_initializing()
-        pooled_BxD = Pooler(cfg, name="pooler")(x_BxTxD) if init or "pooler" in params else None
+        pooled_BxD = None
+        if init or "pooler" in params:
+            pooled_BxD = Pooler(cfg, name="pooler")(x_BxTxD if x_BxQxD is None else x_BxQxD)
         mlm_logits = nsp_logits = mlm_hidden = None
         if masked_lm_positions is not None or init:
             if not init:
@@ -80,7 +95,10 @@ class Bert(nn.Module):
             positions_BxP = (masked_lm_positions if masked_lm_positions is not None
                              else jnp.zeros((B, 1), jnp.int32))
             # Gather first: the vocabulary projection runs on B*P rows, never B*T.
-            h_BxPxD = jnp.take_along_axis(x_BxTxD, positions_BxP[:, :, None].astype(jnp.int32), axis=1)
+            if x_BxQxD is not None:
+                h_BxPxD = x_BxQxD[:, 1:]
+            else:
+                h_BxPxD = jnp.take_along_axis(x_BxTxD, positions_BxP[:, :, None].astype(jnp.int32), axis=1)
             # return_mlm_logits=False hands a fused loss the decoder's input instead (see training.losses).
             logits = return_mlm_logits or init
             mlm_out = MlmHead(cfg, name="mlm")(h_BxPxD, embeddings.attend, return_logits=logits)

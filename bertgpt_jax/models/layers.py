@@ -53,18 +53,41 @@ def _mix32(x: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
-def dropout_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
+def dropout_bits(key: jax.Array, shape: Sequence[int], rows: Optional[jax.Array] = None, row_axis: int = 1,
+                 length: Optional[int] = None) -> jax.Array:
     """uint32 random bits for a dropout mask: a hash of each element's index under a per-call seed.
 
     The seed comes from ``key`` through jax.random (two words); the elements are then hashed from
     their position, which XLA fuses into the consumer. On CPU this is ~40x cheaper than threefry
     bits per element, and like them it is the same on every mesh (each shard hashes its own indices).
+
+    With ``rows`` ([B, Q] positions along ``row_axis``, batch on axis 0) the array holds only those rows of
+    one that is ``length`` long on that axis, and each element gets the bits it would have there: a layer
+    computed at a few positions drops exactly what the full layer drops at them.
     """
-    n = int(np.prod(shape))
+    full = list(shape)
+    if rows is not None:
+        full[row_axis] = length
+    n = int(np.prod(full))
     if n >= 2 ** 32:
+        if rows is not None:
+            raise ValueError(f"dropout over {n} elements (>= 2**32) cannot be taken at selected rows")
         return jax.random.bits(key, tuple(shape), jnp.uint32)
     seed = jax.random.bits(key, (2,), jnp.uint32)
-    index = jax.lax.iota(jnp.uint32, n).reshape(shape) if len(shape) else jnp.uint32(0)
+    if not len(shape):
+        index = jnp.uint32(0)
+    elif rows is None:
+        index = jax.lax.iota(jnp.uint32, n).reshape(shape)
+    else:
+        strides = np.cumprod([1] + full[::-1])[::-1][1:]  # row-major strides of the full array
+        index = jnp.zeros(shape, jnp.uint32)
+        for axis in range(len(shape)):
+            if axis == row_axis:
+                coord = rows.astype(jnp.uint32).reshape(
+                    [shape[0]] + [1] * (row_axis - 1) + [shape[row_axis]] + [1] * (len(shape) - row_axis - 1))
+            else:
+                coord = jax.lax.broadcasted_iota(jnp.uint32, shape, axis)
+            index = index + coord * jnp.uint32(strides[axis])
     return _mix32(_mix32(index ^ seed[0]) + seed[1])
 
 
@@ -73,20 +96,23 @@ class Dropout(nn.Module):
 
     Same semantics as ``flax.linen.Dropout``; the mask comes from :func:`dropout_bits` with the key
     drawn from the ``dropout`` rng collection, so it still varies per module, layer and step.
+    ``rows``/``row_axis``/``length`` (see :func:`dropout_bits`) apply it to selected rows of a longer array.
     """
 
     rate: float
     deterministic: Optional[bool] = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: Optional[bool] = None) -> jax.Array:
+    def __call__(self, x: jax.Array, deterministic: Optional[bool] = None, rows: Optional[jax.Array] = None,
+                 row_axis: int = 1, length: Optional[int] = None) -> jax.Array:
         deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
         if deterministic or self.rate == 0.0:
             return x
         if self.rate >= 1.0:
             return jnp.zeros_like(x)
         threshold = jnp.uint32(min(round(self.rate * 2.0 ** 32), 2 ** 32 - 1))
-        keep = dropout_bits(self.make_rng("dropout"), x.shape) >= threshold
+        bits = dropout_bits(self.make_rng("dropout"), x.shape, rows, row_axis, length)
+        keep = bits >= threshold
         return jnp.where(keep, x / jnp.asarray(1.0 - self.rate, x.dtype), jnp.zeros((), x.dtype))
 
 
@@ -122,7 +148,8 @@ class Dense(nn.Module):
     out_dtype: Optional[jnp.dtype] = None  # e.g. float32 for logits computed from bf16 inputs
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, select: Optional[slice] = None) -> jax.Array:
+        """``select`` takes a slice of the first output axis (e.g. only Q of a fused QKV kernel)."""
         in_shape = tuple(x.shape[x.ndim - self.in_ndim:])
         out_shape = tuple(self.out_shape)
         kernel = self.param("kernel", nn.with_logical_partitioning(
@@ -130,6 +157,9 @@ class Dense(nn.Module):
             self.param_dtype)
         bias = self.param("bias", nn.with_logical_partitioning(
             nn.initializers.zeros, tuple(self.kernel_axes[self.in_ndim:])), out_shape, self.param_dtype)
+        if select is not None:
+            kernel = kernel[(slice(None),) * self.in_ndim + (select,)]
+            bias = bias[select]
         out_dtype = self.out_dtype or self.dtype
         x_axes = tuple(range(x.ndim - self.in_ndim, x.ndim))
         y = jax.lax.dot_general(
@@ -181,32 +211,45 @@ class SelfAttention(nn.Module):
     out_stddev: float = 0.02
 
     @nn.compact
-    def __call__(self, x_BxTxD: jax.Array, mask_Bx1xTxS: Optional[jax.Array]) -> jax.Array:
+    def __call__(self, x_BxTxD: jax.Array, mask_Bx1xTxS: Optional[jax.Array],
+                 rows_BxQ: Optional[jax.Array] = None, x_BxQxD: Optional[jax.Array] = None) -> jax.Array:
+        """With ``rows_BxQ`` only those query positions are computed (their inputs ``x_BxQxD``), against
+        keys and values from every position; the result is [B, Q, D], equal to those rows of the full one."""
         cfg = self.cfg
         H, K = cfg.num_attention_heads, cfg.head_dim
-        qkv_BxTx3xHxK = Dense((3, H, K), (sh.EMBED, None, sh.HEADS, sh.KV), cfg.dtype, cfg.param_dtype,
-                              cfg.initializer_range, name="qkv")(x_BxTxD)
-        q, k, v = qkv_BxTx3xHxK[:, :, 0], qkv_BxTx3xHxK[:, :, 1], qkv_BxTx3xHxK[:, :, 2]
+        qkv = Dense((3, H, K), (sh.EMBED, None, sh.HEADS, sh.KV), cfg.dtype, cfg.param_dtype,
+                    cfg.initializer_range, name="qkv")
+        if rows_BxQ is None:
+            qkv_BxTx3xHxK = qkv(x_BxTxD)
+            q, k, v = qkv_BxTx3xHxK[:, :, 0], qkv_BxTx3xHxK[:, :, 1], qkv_BxTx3xHxK[:, :, 2]
+        else:
+            q = qkv(x_BxQxD, select=slice(0, 1))[:, :, 0]
+            kv_BxTx2xHxK = qkv(x_BxTxD, select=slice(1, 3))
+            k, v = kv_BxTx2xHxK[:, :, 0], kv_BxTx2xHxK[:, :, 1]
+        T = x_BxTxD.shape[1]
+        causal = self.is_causal and mask_Bx1xTxS is None
+        if causal and rows_BxQ is not None:  # the query at position p sees keys 0..p
+            mask_Bx1xTxS = jnp.arange(T)[None, None, None, :] <= rows_BxQ[:, None, :, None]
+            causal = False
         rate = cfg.attention_probs_dropout_prob
         if self.deterministic or rate == 0.0:
-            ctx_BxTxHxK = jax.nn.dot_product_attention(
-                q, k, v, mask=mask_Bx1xTxS, is_causal=self.is_causal and mask_Bx1xTxS is None)
+            ctx_BxTxHxK = jax.nn.dot_product_attention(q, k, v, mask=mask_Bx1xTxS, is_causal=causal)
         else:
-            ctx_BxTxHxK = self._attend_with_dropout(q, k, v, mask_Bx1xTxS, rate)
+            ctx_BxTxHxK = self._attend_with_dropout(q, k, v, mask_Bx1xTxS, causal, rate, rows_BxQ)
         return Dense((cfg.hidden_size,), (sh.HEADS, sh.KV, sh.EMBED), cfg.dtype, cfg.param_dtype,
                      self.out_stddev, in_ndim=2, name="out")(ctx_BxTxHxK)
 
-    def _attend_with_dropout(self, q, k, v, mask, rate):
+    def _attend_with_dropout(self, q, k, v, mask, causal, rate, rows):
         # jax.nn.dot_product_attention has no dropout on the probabilities: spell it out for training.
-        T = q.shape[1]
+        T = k.shape[1]
         logits_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32)
         logits_BxHxTxS = logits_BxHxTxS / jnp.sqrt(jnp.float32(q.shape[-1]))
-        if self.is_causal and mask is None:
+        if causal:
             mask = jnp.tril(jnp.ones((T, T), bool))[None, None]
         if mask is not None:
             logits_BxHxTxS = jnp.where(mask, logits_BxHxTxS, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(logits_BxHxTxS, axis=-1).astype(q.dtype)
-        probs = Dropout(rate)(probs, deterministic=False)
+        probs = Dropout(rate)(probs, deterministic=False, rows=rows, row_axis=2, length=T)
         return jnp.einsum("bhts,bshk->bthk", probs, v)
 
 
@@ -235,7 +278,9 @@ class Block(nn.Module):
     emit_hidden: bool = False
 
     @nn.compact
-    def __call__(self, x_BxTxD: jax.Array, mask: Optional[jax.Array]):
+    def __call__(self, x_BxTxD: jax.Array, mask: Optional[jax.Array], rows_BxQ: Optional[jax.Array] = None):
+        """With ``rows_BxQ`` the layer's output only at those positions, [B, Q, D] (its keys and values
+        still come from every position): the same values, dropout included, as those rows of the full output."""
         cfg = self.cfg
         # GPT-2 scales the residual projections' init by 1/sqrt(2 L).
         out_std = cfg.initializer_range / (2 * cfg.num_hidden_layers) ** 0.5 if self.pre_ln \
@@ -244,6 +289,24 @@ class Block(nn.Module):
         mlp = Mlp(cfg, out_std, name="mlp")
         drop = Dropout(cfg.hidden_dropout_prob, deterministic=self.deterministic)
         ln_attn, ln_mlp = layer_norm(cfg, "ln_attn"), layer_norm(cfg, "ln_mlp")
+        if rows_BxQ is not None:
+            T = x_BxTxD.shape[1]
+
+            def drop_rows(y):
+                return drop(y, rows=rows_BxQ, row_axis=1, length=T)
+
+            def at_rows(y):
+                return jnp.take_along_axis(y, rows_BxQ[:, :, None], axis=1)
+
+            if self.pre_ln:
+                h_BxTxD = ln_attn(x_BxTxD)
+                x_BxQxD = at_rows(x_BxTxD) + drop_rows(attn(h_BxTxD, mask, rows_BxQ, at_rows(h_BxTxD)))
+                x_BxQxD = x_BxQxD + drop_rows(mlp(ln_mlp(x_BxQxD)))
+            else:
+                x_BxQxD = at_rows(x_BxTxD)
+                x_BxQxD = ln_attn(x_BxQxD + drop_rows(attn(x_BxTxD, mask, rows_BxQ, x_BxQxD)))
+                x_BxQxD = ln_mlp(x_BxQxD + drop_rows(mlp(x_BxQxD)))
+            return x_BxQxD, None
         if self.pre_ln:
             x_BxTxD = x_BxTxD + drop(attn(ln_attn(x_BxTxD), mask))
             x_BxTxD = x_BxTxD + drop(mlp(ln_mlp(x_BxTxD)))
@@ -268,7 +331,12 @@ class Stack(nn.Module):
     output_hidden_states: bool = False
 
     @nn.compact
-    def __call__(self, x_BxTxD: jax.Array, mask: Optional[jax.Array]):
+    def __call__(self, x_BxTxD: jax.Array, mask: Optional[jax.Array], last_rows_BxQ: Optional[jax.Array] = None):
+        """Final hidden states [B, T, D] and, with ``output_hidden_states``, every layer's.
+
+        With ``last_rows_BxQ`` the output is [B, Q, D], the final hidden states at those positions only:
+        a pretraining loss that reads a few positions (MLM, [CLS]) skips the rest of the last layer.
+        """
         cfg = self.cfg
         block_cls = Block
         if cfg.remat != "none":
@@ -283,8 +351,11 @@ class Stack(nn.Module):
             x_BxTxD, ys_LxBxTxD = scanned(**kw, name="layers")(x_BxTxD, mask)
             if self.output_hidden_states:
                 hidden += [ys_LxBxTxD[i] for i in range(cfg.num_hidden_layers)]
+            if last_rows_BxQ is not None:  # a scan runs every layer alike: take the rows afterwards
+                x_BxTxD = jnp.take_along_axis(x_BxTxD, last_rows_BxQ[:, :, None], axis=1)
         else:
             for i in range(cfg.num_hidden_layers):
-                x_BxTxD, _ = block_cls(**kw, name=f"layer_{i}")(x_BxTxD, mask)
+                rows = last_rows_BxQ if i == cfg.num_hidden_layers - 1 else None
+                x_BxTxD, _ = block_cls(**kw, name=f"layer_{i}")(x_BxTxD, mask, rows)
                 hidden.append(x_BxTxD)
         return x_BxTxD, (tuple(hidden) if self.output_hidden_states else None)

@@ -247,7 +247,8 @@ def _run(cfg, model_cfg, model, mesh, schedule, optimizer, abstract, shardings, 
             report["step_temp_bytes_per_device"] = int(getattr(mem, "temp_size_in_bytes", 0))
         tokens_per_step = cfg.train_batch_size * cfg.max_seq_length
         flops_per_step = models.flops_per_token(model_cfg, cfg.max_seq_length,
-                                                cfg.max_predictions_per_seq if is_bert else None) * tokens_per_step
+                                                cfg.max_predictions_per_seq if is_bert else None,
+                                                heads_only=not model_cfg.scan_layers) * tokens_per_step
         peak, peak_source = metrics.peak_flops_per_device()
         report["peak_flops_total"] = peak * jax.device_count()
         logging.info("model %s: %s parameters, %.1f MB state per device, mesh %s, step compiled in %.1fs; "

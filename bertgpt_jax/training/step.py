@@ -33,7 +33,8 @@ def model_sums(model: nn.Module, is_bert: bool, params: Any, batch: dict, *, det
     if is_bert:
         out = model.apply({"params": params}, batch["input_ids"], attention_mask=batch["input_mask"],
                           token_type_ids=batch["segment_ids"], masked_lm_positions=batch["masked_lm_positions"],
-                          deterministic=deterministic, rngs=rngs, return_mlm_logits=False)
+                          deterministic=deterministic, rngs=rngs, return_mlm_logits=False, heads_only=True)
+        # heads_only: the last layer runs only at [CLS] and the masked positions, all the losses read.
         # The decoder is the token table (tied), applied inside the fused MLM loss with the same view of
         # it as Embedding.attend.
         table = layers.whole_features(params["embeddings"]["word_embeddings"]["embedding"])
