@@ -274,3 +274,19 @@ def test_gpt_block_at_selected_rows_matches_the_full_block():
     part, _ = block.apply(variables, x, None, rows, rngs=rngs)
     np.testing.assert_allclose(part, np.take_along_axis(np.asarray(full), np.asarray(rows)[:, :, None], axis=1),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_own_cotangent_is_the_identity_with_a_materialised_gradient():
+    from bertgpt_jax.models.layers import own_cotangent
+
+    x = jnp.asarray(np.random.RandomState(0).randn(4, 8, 16), jnp.float32)
+    w = jnp.asarray(np.random.RandomState(1).randn(4, 8, 16), jnp.float32)
+
+    def f(x):
+        return jnp.sum(jnp.sin(own_cotangent(x)) * w)
+
+    np.testing.assert_array_equal(own_cotangent(x), x)
+    np.testing.assert_allclose(jax.grad(f)(x), np.cos(np.asarray(x)) * np.asarray(w), rtol=1e-6)
+    nan = x.at[0, 0, 0].set(jnp.nan)  # the conditional's other branch gives the same gradient
+    np.testing.assert_allclose(jax.grad(f)(nan)[1:], np.cos(np.asarray(x))[1:] * np.asarray(w)[1:], rtol=1e-6)
+    assert "conditional" in jax.jit(jax.grad(f)).lower(x).compile().as_text()

@@ -253,6 +253,37 @@ class SelfAttention(nn.Module):
         return jnp.einsum("bhts,bshk->bthk", probs, v)
 
 
+@jax.custom_vjp
+def _own_cotangent(x: jax.Array, pred: jax.Array) -> jax.Array:
+    return x
+
+
+def _own_cotangent_fwd(x, pred):
+    return x, pred
+
+
+def _own_cotangent_bwd(pred, g):
+    # Both branches are the identity; ``pred`` is only known at run time, so XLA keeps the conditional,
+    # and a conditional's result is an array of its own that later fusions read instead of recompute.
+    return jax.lax.cond(pred, lambda a: a, lambda a: a * 1.0, g), None
+
+
+_own_cotangent.defvjp(_own_cotangent_fwd, _own_cotangent_bwd)
+
+
+def own_cotangent(x: jax.Array) -> jax.Array:
+    """The identity, whose cotangent in the backward pass is materialised as an array of its own.
+
+    In a pre-LN stack the gradient of the residual stream is a long chain of cheap elementwise adds
+    (dropout masks included). XLA's CPU backend fuses that whole chain into every later consumer and
+    recomputes it there: four [512, 2048] weight-gradient operands of the GPT benchmark took 55-90 ms each.
+    Materialising it once per layer made the GPT step ~8% faster. Applied on CPU only, where it was measured.
+    """
+    if jax.default_backend() != "cpu":
+        return x
+    return _own_cotangent(x, x.reshape(-1)[0] == x.reshape(-1)[0])  # a NaN takes the other, equal branch
+
+
 class Mlp(nn.Module):
     cfg: ModelConfig
     out_stddev: float = 0.02
@@ -313,6 +344,8 @@ class Block(nn.Module):
         else:
             x_BxTxD = ln_attn(x_BxTxD + drop(attn(x_BxTxD, mask)))
             x_BxTxD = ln_mlp(x_BxTxD + drop(mlp(x_BxTxD)))
+        if self.pre_ln and not self.deterministic:
+            x_BxTxD = own_cotangent(x_BxTxD)
         x_BxTxD = constrain_hidden(x_BxTxD)
         return x_BxTxD, (x_BxTxD if self.emit_hidden else None)
 
