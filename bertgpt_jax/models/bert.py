@@ -92,12 +92,12 @@ class Bert(nn.Module):
                 for what, key in (("MLM head", "mlm"), ("NSP head", "nsp"), ("pooler", "pooler")):
                     if key not in params:
                         raise ValueError(MISSING_HEAD_HINT.format(what=what))
-            positions_BxP = (masked_lm_positions if masked_lm_positions is not None
-                             else jnp.zeros((B, 1), jnp.int32))
             # Gather first: the vocabulary projection runs on B*P rows, never B*T.
             if x_BxQxD is not None:
                 h_BxPxD = x_BxQxD[:, 1:]
             else:
+                positions_BxP = (masked_lm_positions if masked_lm_positions is not None
+                                 else jnp.zeros((B, 1), jnp.int32))
                 h_BxPxD = jnp.take_along_axis(x_BxTxD, positions_BxP[:, :, None].astype(jnp.int32), axis=1)
             # return_mlm_logits=False hands a fused loss the decoder's input instead (see training.losses).
             logits = return_mlm_logits or init

@@ -214,7 +214,8 @@ class SelfAttention(nn.Module):
     def __call__(self, x_BxTxD: jax.Array, mask_Bx1xTxS: Optional[jax.Array],
                  rows_BxQ: Optional[jax.Array] = None, x_BxQxD: Optional[jax.Array] = None) -> jax.Array:
         """With ``rows_BxQ`` only those query positions are computed (their inputs ``x_BxQxD``), against
-        keys and values from every position; the result is [B, Q, D], equal to those rows of the full one."""
+        keys and values from every position; the result is [B, Q, D], equal to those rows of the full one.
+        Without it ``x_BxQxD`` is not read."""
         cfg = self.cfg
         H, K = cfg.num_attention_heads, cfg.head_dim
         qkv = Dense((3, H, K), (sh.EMBED, None, sh.HEADS, sh.KV), cfg.dtype, cfg.param_dtype,
@@ -320,34 +321,27 @@ class Block(nn.Module):
         mlp = Mlp(cfg, out_std, name="mlp")
         drop = Dropout(cfg.hidden_dropout_prob, deterministic=self.deterministic)
         ln_attn, ln_mlp = layer_norm(cfg, "ln_attn"), layer_norm(cfg, "ln_mlp")
-        if rows_BxQ is not None:
-            T = x_BxTxD.shape[1]
+        T = x_BxTxD.shape[1]
 
-            def drop_rows(y):
-                return drop(y, rows=rows_BxQ, row_axis=1, length=T)
+        # R rows: all T, or with rows_BxQ the Q positions the layer goes on at.
+        def at_rows(y_BxTxD):
+            return y_BxTxD if rows_BxQ is None else jnp.take_along_axis(y_BxTxD, rows_BxQ[:, :, None], axis=1)
 
-            def at_rows(y):
-                return jnp.take_along_axis(y, rows_BxQ[:, :, None], axis=1)
+        def drop_rows(y_BxRxD):
+            return drop(y_BxRxD, rows=rows_BxQ, row_axis=1, length=T)
 
-            if self.pre_ln:
-                h_BxTxD = ln_attn(x_BxTxD)
-                x_BxQxD = at_rows(x_BxTxD) + drop_rows(attn(h_BxTxD, mask, rows_BxQ, at_rows(h_BxTxD)))
-                x_BxQxD = x_BxQxD + drop_rows(mlp(ln_mlp(x_BxQxD)))
-            else:
-                x_BxQxD = at_rows(x_BxTxD)
-                x_BxQxD = ln_attn(x_BxQxD + drop_rows(attn(x_BxTxD, mask, rows_BxQ, x_BxQxD)))
-                x_BxQxD = ln_mlp(x_BxQxD + drop_rows(mlp(x_BxQxD)))
-            return x_BxQxD, None
         if self.pre_ln:
-            x_BxTxD = x_BxTxD + drop(attn(ln_attn(x_BxTxD), mask))
-            x_BxTxD = x_BxTxD + drop(mlp(ln_mlp(x_BxTxD)))
+            h_BxTxD = ln_attn(x_BxTxD)
+            x_BxRxD = at_rows(x_BxTxD) + drop_rows(attn(h_BxTxD, mask, rows_BxQ, at_rows(h_BxTxD)))
+            x_BxRxD = x_BxRxD + drop_rows(mlp(ln_mlp(x_BxRxD)))
         else:
-            x_BxTxD = ln_attn(x_BxTxD + drop(attn(x_BxTxD, mask)))
-            x_BxTxD = ln_mlp(x_BxTxD + drop(mlp(x_BxTxD)))
+            x_BxRxD = at_rows(x_BxTxD)
+            x_BxRxD = ln_attn(x_BxRxD + drop_rows(attn(x_BxTxD, mask, rows_BxQ, x_BxRxD)))
+            x_BxRxD = ln_mlp(x_BxRxD + drop_rows(mlp(x_BxRxD)))
         if self.pre_ln and not self.deterministic:
-            x_BxTxD = own_cotangent(x_BxTxD)
-        x_BxTxD = constrain_hidden(x_BxTxD)
-        return x_BxTxD, (x_BxTxD if self.emit_hidden else None)
+            x_BxRxD = own_cotangent(x_BxRxD)
+        x_BxRxD = constrain_hidden(x_BxRxD)
+        return x_BxRxD, (x_BxRxD if self.emit_hidden else None)
 
 
 class Stack(nn.Module):
