@@ -82,12 +82,8 @@ def encode_documents(tokenizer: Tokenizer, docs: Sequence[Sequence[str]], dtype:
     Sentences that produce no token are dropped (counted); a document left without tokens gives None.
     """
     out = []
-    if hasattr(tokenizer, "encode_document"):  # whole-document encoding (byte-level BPE), as arrays
-        if hasattr(tokenizer, "encode_documents"):
-            encoded = tokenizer.encode_documents(docs)
-        else:
-            encoded = [tokenizer.encode_document(doc) for doc in docs]
-        for doc, (tokens, ends) in zip(docs, encoded):
+    if hasattr(tokenizer, "encode_documents"):  # whole-document encoding (byte-level BPE), as arrays
+        for doc, (tokens, ends) in zip(docs, tokenizer.encode_documents(docs)):
             ends = np.asarray(ends, np.int64)
             empty = 0
             if ends[0] == 0 or (len(ends) > 1 and not np.all(ends[1:] != ends[:-1])):  # rare: empty sentences

@@ -206,8 +206,8 @@ def test_streams_with_bounded_memory(gpt2_tiktoken, tmp_path):
 
 def test_sentences_without_tokens_are_dropped_and_counted():
     class WholeDocument:  # a document tokenizer whose first and last sentences give no token
-        def encode_document(self, doc):
-            return np.array([5, 6], np.int64), [0, 2, 2]
+        def encode_documents(self, docs):
+            return [(np.array([5, 6], np.int64), [0, 2, 2]) for _ in docs]
 
     class PerSentence:
         def encode_batch(self, texts):

@@ -192,7 +192,7 @@ class ByteLevelBPETokenizer(Tokenizer):
         """Encodes the sentences joined by newlines as one text (tiktoken is fast on long texts, slow on
         many short ones); each sentence but the last keeps its newline token. Returns ``(ids, ends)``, the
         ids as tiktoken gives them (uint32) unless a vocab.json renumbers them, the ends as int64."""
-        text = "\n".join(s.lower() for s in sentences) if self.lowercase else "\n".join(sentences)
+        text = self._document_text(sentences)
         # encode_to_numpy with no special tokens allowed or disallowed is encode_ordinary, minus the list.
         ids = self.enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
         if self.rank_to_id is not None:
@@ -220,7 +220,7 @@ class ByteLevelBPETokenizer(Tokenizer):
         out as a token of its own (both are checked; otherwise each document is encoded alone). One call
         per block instead of one per document saves the per-call and per-array costs (~6% of the stage).
         """
-        texts = ["\n".join(s.lower() for s in d) if self.lowercase else "\n".join(d) for d in docs]
+        texts = [self._document_text(d) for d in docs]
         counts = [len(d) for d in docs]
         newlines = sum(counts) + len(docs) - 2  # (n - 1) in each document, two between documents
         if (len(docs) < 2 or self.pattern != GPT2_PATTERN or not all(counts)
@@ -229,11 +229,12 @@ class ByteLevelBPETokenizer(Tokenizer):
         text = "\n\n".join(texts)
         if text.count("\n") != newlines:  # a sentence holds a newline of its own
             return [self.encode_document(d) for d in docs]
-        ranks = self.enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
-        at = np.flatnonzero(ranks == self.ranks[b"\n"])
+        ids = self.enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
+        if self.rank_to_id is not None:
+            ids = self.rank_to_id[ids]
+        at = np.flatnonzero(ids == self.newline_id)
         if len(at) != newlines:  # some newline merged with neighbouring whitespace
             return [self.encode_document(d) for d in docs]
-        ids = ranks if self.rank_to_id is None else self.rank_to_id[ranks]
         out, k, start = [], 0, 0
         for j, n in enumerate(counts):
             end = int(at[k + n - 1]) if j + 1 < len(docs) else len(ids)
@@ -243,6 +244,9 @@ class ByteLevelBPETokenizer(Tokenizer):
             out.append((ids[start:end], ends))
             k, start = k + n + 1, end + 2
         return out
+
+    def _document_text(self, sentences: Sequence[str]) -> str:
+        return "\n".join(s.lower() for s in sentences) if self.lowercase else "\n".join(sentences)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
@@ -294,7 +298,5 @@ class ByteLevelBPETokenizer(Tokenizer):
         return items
 
     def _vocab_digest_items(self):
-        if self.rank_to_id is None:
-            return [tok + b"\x00" + r.to_bytes(4, "little") for tok, r in self._ranked()]
-        ids = self.rank_to_id.tolist()
-        return [tok + b"\x00" + ids[r].to_bytes(4, "little") for tok, r in self._ranked()]
+        ids = None if self.rank_to_id is None else self.rank_to_id.tolist()
+        return [tok + b"\x00" + (r if ids is None else ids[r]).to_bytes(4, "little") for tok, r in self._ranked()]
