@@ -43,20 +43,23 @@ def _real_B(batch: dict, n: int) -> jax.Array:
     return jnp.ones((n,), jnp.float32) if real is None else real.reshape(-1).astype(jnp.float32)
 
 
+def _nsp_sums(nsp_logits_Bx2: jax.Array, batch: dict) -> dict:
+    labels_B = batch["next_sentence_labels"].reshape(-1)
+    nsp_nll_B, nsp_correct_B = nll_and_correct(nsp_logits_Bx2, labels_B)
+    real_B = _real_B(batch, labels_B.shape[0])
+    return {"nsp_loss_sum": jnp.sum(nsp_nll_B * real_B), "nsp_correct_sum": jnp.sum(nsp_correct_B * real_B),
+            "nsp_count": jnp.sum(real_B)}
+
+
 def bert_sums(mlm_logits_BxPxV: jax.Array, nsp_logits_Bx2: jax.Array, batch: dict) -> dict:
     """Sums and counts for MLM (weighted by ``masked_lm_weights``) and NSP (every example)."""
     weights_BxP = batch["masked_lm_weights"].astype(jnp.float32)
     nll_BxP, correct_BxP = nll_and_correct(mlm_logits_BxPxV, batch["masked_lm_ids"])
-    labels_B = batch["next_sentence_labels"].reshape(-1)
-    nsp_nll_B, nsp_correct_B = nll_and_correct(nsp_logits_Bx2, labels_B)
-    real_B = _real_B(batch, labels_B.shape[0])
     return {
         "mlm_loss_sum": jnp.sum(nll_BxP * weights_BxP),
         "mlm_correct_sum": jnp.sum(correct_BxP * weights_BxP),
         "mlm_count": jnp.sum(weights_BxP),
-        "nsp_loss_sum": jnp.sum(nsp_nll_B * real_B),
-        "nsp_correct_sum": jnp.sum(nsp_correct_B * real_B),
-        "nsp_count": jnp.sum(real_B),
+        **_nsp_sums(nsp_logits_Bx2, batch),
     }
 
 
@@ -72,12 +75,8 @@ def fused_bert_sums(mlm_hidden_BxPxD: jax.Array, table_VxD: jax.Array, bias_V: j
     weights_N = batch["masked_lm_weights"].astype(jnp.float32).reshape(B * P)
     labels_N = batch["masked_lm_ids"].astype(jnp.int32).reshape(B * P)
     nll_sum, correct_sum = _mlm_fused(mlm_hidden_BxPxD.reshape(B * P, D), table_VxD, bias_V, labels_N, weights_N)
-    labels_B = batch["next_sentence_labels"].reshape(-1)
-    nsp_nll_B, nsp_correct_B = nll_and_correct(nsp_logits_Bx2, labels_B)
-    real_B = _real_B(batch, labels_B.shape[0])
     return {"mlm_loss_sum": nll_sum, "mlm_correct_sum": correct_sum, "mlm_count": jnp.sum(weights_N),
-            "nsp_loss_sum": jnp.sum(nsp_nll_B * real_B), "nsp_correct_sum": jnp.sum(nsp_correct_B * real_B),
-            "nsp_count": jnp.sum(real_B)}
+            **_nsp_sums(nsp_logits_Bx2, batch)}
 
 
 def _mlm_forward(h_NxD, table_VxD, bias_V, labels_N, weights_N):
