@@ -291,3 +291,40 @@ def test_own_cotangent_is_the_identity_with_a_materialised_gradient():
     nan = x.at[0, 0, 0].set(jnp.nan)  # the conditional's other branch gives the same gradient
     np.testing.assert_allclose(jax.grad(f)(nan)[1:], np.cos(np.asarray(x))[1:] * np.asarray(w)[1:], rtol=1e-6)
     assert "conditional" in jax.jit(jax.grad(f)).lower(x).compile().as_text()
+
+
+@pytest.mark.parametrize("x_shape,kernel_shape,in_ndim", [
+    ((3, 5, 8), (8, 24), 1),          # in < out: the input is transposed
+    ((3, 5, 24), (24, 8), 1),         # in > out: the output gradient is transposed
+    ((3, 5, 8), (8, 3, 2, 4), 1),     # fused QKV kernel
+    ((3, 5, 2, 4), (2, 4, 8), 2),     # attention output projection over (heads, head_dim)
+])
+def test_contract_cpu_gradient_equals_xla_autodiff(x_shape, kernel_shape, in_ndim):
+    from bertgpt_jax.models.layers import _contract, contract
+
+    rng = np.random.RandomState(0)
+    x = jnp.asarray(rng.randn(*x_shape), jnp.float32)
+    kernel = jnp.asarray(rng.randn(*kernel_shape), jnp.float32)
+    out_shape = x_shape[:len(x_shape) - in_ndim] + kernel_shape[in_ndim:]
+    w = jnp.asarray(rng.randn(*out_shape), jnp.float32)
+
+    def loss(fn):
+        return lambda x, k: jnp.sum(jnp.tanh(fn(x, k, in_ndim, jnp.float32)) * w)
+
+    np.testing.assert_allclose(contract(x, kernel, in_ndim, jnp.float32),
+                               _contract(x, kernel, in_ndim, jnp.float32), rtol=1e-6)
+    ours = jax.jit(jax.grad(loss(contract), argnums=(0, 1)))
+    for got, want in zip(ours(x, kernel), jax.grad(loss(_contract), argnums=(0, 1))(x, kernel)):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert "conditional" in ours.lower(x, kernel).compile().as_text()  # the transposed operand is its own array
+
+    nan = x.at[0, 0].set(jnp.nan)  # the conditional's other branch computes the same transpose
+    got = ours(nan, kernel)[0][1:]
+    want = jax.grad(loss(_contract), argnums=(0, 1))(nan, kernel)[0][1:]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    bf16 = contract(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), in_ndim, jnp.float32)
+    assert bf16.dtype == jnp.float32
+    gx, gk = jax.grad(lambda x, k: jnp.sum(contract(x, k, in_ndim, jnp.float32)), argnums=(0, 1))(
+        x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
+    assert gx.dtype == gk.dtype == jnp.bfloat16
