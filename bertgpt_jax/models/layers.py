@@ -195,14 +195,12 @@ def _contract_cpu_fwd(x, kernel, in_ndim, out_dtype):
 def _contract_cpu_bwd(in_ndim, out_dtype, res, g):
     x, kernel = res
     n_in = int(np.prod(kernel.shape[:in_ndim]))
-    g = g.astype(kernel.dtype)
-    out_axes = tuple(range(x.ndim - in_ndim, g.ndim))
-    dx = jax.lax.dot_general(g, kernel, ((out_axes, tuple(range(in_ndim, kernel.ndim))), ((), ())),
-                             preferred_element_type=jnp.float32).astype(x.dtype)
+    kernel_IxO = kernel.reshape(n_in, -1)  # 2-D, so XLA reads it as it is instead of copying it transposed
+    x_NxI = x.reshape(-1, n_in)
+    g_NxO = g.astype(kernel.dtype).reshape(x_NxI.shape[0], -1)
+    dx = jnp.matmul(g_NxO, kernel_IxO.T, preferred_element_type=jnp.float32).astype(x.dtype).reshape(x.shape)
     # The weight gradient contracts over every token, the major axis of both operands. Transposing the
     # smaller operand into an array of its own makes it a plain [in, N] x [N, out] matmul.
-    x_NxI = x.reshape(-1, n_in)
-    g_NxO = g.reshape(x_NxI.shape[0], -1)
     if x_NxI.shape[1] <= g_NxO.shape[1]:
         dw_IxO = jnp.matmul(transposed_copy(x_NxI), g_NxO, preferred_element_type=jnp.float32)
     else:
