@@ -6,7 +6,8 @@ Shapes: BERT-small (L4/H512/A8, vocab 30522) at batch 16 x 128 with 20 masked po
 shape as GPT-2 (vocab 50257) at batch 8 x 256. fp32 on CPU. Each side runs in its own subprocess so its
 peak memory (ru_maxrss) is its own; the JAX BERT process also times a plain jitted f32 matmul (2048^3)
 after every step, the reference rate for the step's model FLOPs per second (median against median).
-Timings on a shared machine drift: read the ratios.
+Timings on a shared machine drift: read the ratios. The JAX sides run with glibc's huge-page tunable where it
+applies, as ``python -m bertgpt_jax.pretrain`` does (bertgpt_jax/host_memory.py); the torch sides run unchanged.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def run_jax(kind: str, steps: int) -> dict:
     flops = models.flops_per_token(cfg, shape["seq"], preds if cfg.is_bert else None,
                                    heads_only=not cfg.scan_layers) * tokens  # the work the step needs
     out = {"side": f"jax_{kind}", "seconds_per_step": seconds, "tokens_per_sec": tokens / seconds,
-           "model_gflops_per_sec": flops / seconds / 1e9, "peak_rss_mb": _peak_rss_mb()}
+           "model_gflops_per_sec": flops / seconds / 1e9, "peak_rss_mb": _peak_rss_mb(),
+           "huge_pages": "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "")}
     if matmul_seconds is not None:
         out["matmul_gflops_per_sec"] = 2 * n ** 3 / matmul_seconds / 1e9
     return out
@@ -155,8 +157,13 @@ def run_torch(kind: str, steps: int) -> dict:
 
 
 def _subprocess(side: str, steps: int) -> dict:
+    from bertgpt_jax import host_memory
+
+    # Our side runs as the pretraining CLI runs it: with XLA's buffers on huge pages where the host allows it.
+    # transformers' side runs as it runs by default.
+    env = host_memory.with_huge_pages() if side.startswith("jax") and host_memory.wanted() else None
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--side", side, "--steps", str(steps)],
-                         capture_output=True, text=True, check=False,
+                         capture_output=True, text=True, check=False, env=env,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if out.returncode != 0:
         raise RuntimeError(f"{side} failed:\n{out.stderr[-3000:]}")
@@ -192,7 +199,8 @@ def main() -> None:
         print(f"{side:11s} {res['tokens_per_sec']:8.0f} tokens/s  {res['seconds_per_step'] * 1e3:7.0f} ms/step  "
               f"peak RSS {res['peak_rss_mb']:6.0f} MB"
               + (f"  model {res['model_gflops_per_sec']:.0f} GFLOP/s" if "model_gflops_per_sec" in res else "")
-              + (f"  (matmul {res['matmul_gflops_per_sec']:.0f} GFLOP/s)" if "matmul_gflops_per_sec" in res else ""))
+              + (f"  (matmul {res['matmul_gflops_per_sec']:.0f} GFLOP/s)" if "matmul_gflops_per_sec" in res else "")
+              + ("  [huge pages]" if res.get("huge_pages") else ""))
     print(f"BERT: {summary['bert_speedup_vs_torch']:.2f}x torch (target >= 2x); model FLOP/s "
           f"{summary['bert_model_flops_over_matmul']:.0%} of a plain f32 matmul (target >= 80%)")
     print(f"GPT:  {summary['gpt_speedup_vs_torch']:.2f}x torch (target >= 1.2x)")

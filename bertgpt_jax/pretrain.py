@@ -178,4 +178,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    from bertgpt_jax import host_memory
+
+    host_memory.reexec_with_huge_pages()  # XLA's per-step buffers on 2 MB pages (see host_memory)
     app.run(main)
