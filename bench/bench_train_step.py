@@ -62,7 +62,7 @@ def _time_steps(step, steps: int, warmup: int = 2, reference=None) -> tuple[floa
 def run_jax(kind: str, steps: int) -> dict:
     import jax
 
-    from bertgpt_jax import configs, models, sharding
+    from bertgpt_jax import configs, host_memory, models, sharding
     from bertgpt_jax.training import optimizers, schedules, synthetic
     from bertgpt_jax.training import state as state_lib
     from bertgpt_jax.training import step as step_lib
@@ -106,7 +106,7 @@ def run_jax(kind: str, steps: int) -> dict:
                                    heads_only=not cfg.scan_layers) * tokens  # the work the step needs
     out = {"side": f"jax_{kind}", "seconds_per_step": seconds, "tokens_per_sec": tokens / seconds,
            "model_gflops_per_sec": flops / seconds / 1e9, "peak_rss_mb": _peak_rss_mb(),
-           "huge_pages": "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "")}
+           "huge_pages": host_memory.TUNABLE in os.environ.get("GLIBC_TUNABLES", "")}
     if matmul_seconds is not None:
         out["matmul_gflops_per_sec"] = 2 * n ** 3 / matmul_seconds / 1e9
     return out

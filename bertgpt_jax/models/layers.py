@@ -172,15 +172,24 @@ def _contract(x: jax.Array, kernel: jax.Array, in_ndim: int, out_dtype) -> jax.A
                                preferred_element_type=out_dtype)
 
 
+def _materialised(fn: Callable[[jax.Array], jax.Array], a: jax.Array) -> jax.Array:
+    """``fn(a)`` as an array of its own, row-major, that XLA can neither fuse into its readers nor lay out as a view.
+
+    It is computed inside a conditional whose predicate is only known at run time (both branches give the same
+    value; a NaN takes the other one): a conditional's result is always materialised. On CPU
+    ``optimization_barrier`` cannot do this: it is removed before fusion.
+    """
+    first = a.reshape(-1)[0]
+    return jax.lax.cond(first == first, fn, lambda a: fn(a) * 1, a)
+
+
 def transposed_copy(a_NxM: jax.Array) -> jax.Array:
     """``a.T`` as an array of its own, laid out row-major, rather than a transposed view.
 
     XLA may otherwise assign the transpose a column-major layout (a free bitcast) and hand the matmul that
     reads it an operand contracted over its major axis, which the CPU backend's fast matmul does not take.
-    A conditional's result is always materialised; both branches compute the same value.
     """
-    pred = a_NxM[0, 0] == a_NxM[0, 0]  # only known at run time; a NaN takes the other, equal branch
-    return jax.lax.cond(pred, lambda a: a.T, lambda a: a.T * 1, a_NxM)
+    return _materialised(lambda a: a.T, a_NxM)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -310,18 +319,16 @@ class SelfAttention(nn.Module):
 
 
 @jax.custom_vjp
-def _own_cotangent(x: jax.Array, pred: jax.Array) -> jax.Array:
+def _own_cotangent(x: jax.Array) -> jax.Array:
     return x
 
 
-def _own_cotangent_fwd(x, pred):
-    return x, pred
+def _own_cotangent_fwd(x):
+    return x, None
 
 
-def _own_cotangent_bwd(pred, g):
-    # Both branches are the identity; ``pred`` is only known at run time, so XLA keeps the conditional,
-    # and a conditional's result is an array of its own that later fusions read instead of recompute.
-    return jax.lax.cond(pred, lambda a: a, lambda a: a * 1.0, g), None
+def _own_cotangent_bwd(_, g):
+    return (_materialised(lambda a: a, g),)  # later fusions read it instead of recomputing it
 
 
 _own_cotangent.defvjp(_own_cotangent_fwd, _own_cotangent_bwd)
@@ -337,7 +344,7 @@ def own_cotangent(x: jax.Array) -> jax.Array:
     """
     if jax.default_backend() != "cpu":
         return x
-    return _own_cotangent(x, x.reshape(-1)[0] == x.reshape(-1)[0])  # a NaN takes the other, equal branch
+    return _own_cotangent(x)
 
 
 class Mlp(nn.Module):
