@@ -16,6 +16,17 @@ MODEL_TYPES = ("bert", "gpt2")
 HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh", "silu")
 REMAT_POLICIES = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16", "float16")
+# Which implementation of the backend-specific pieces runs (bertgpt_jax.models.kernels): "auto" picks the
+# one for the platform the model is compiled for when the model is built.
+KERNELS = ("auto", "xla", "cpu", "cudnn")
+
+
+def check_positions(length: int, max_position_embeddings: int | None, name: str = "sequence length") -> None:
+    """The one check of a length against a model's position table (models, pipelines and runs call it)."""
+    if max_position_embeddings is not None and length > max_position_embeddings:
+        raise ValueError(f"{name} {length} exceeds the model's position table (max_position_embeddings "
+                         f"{max_position_embeddings}); use {name} <= {max_position_embeddings} or a model "
+                         "with a longer position table")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,11 +53,13 @@ class ModelConfig:
     pad_token_id: int = 0
     bos_token_id: int | None = None
     eos_token_id: int | None = None
-    # Execution settings (not part of the published architecture).
+    # Execution settings (not part of the published architecture); the training config takes its
+    # defaults for the same settings from here.
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
     scan_layers: bool = False
+    kernels: str = "auto"
 
     def __post_init__(self):
         if self.model_type not in MODEL_TYPES:
@@ -64,6 +77,8 @@ class ModelConfig:
             raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {HIDDEN_ACTS}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat {self.remat!r} is not one of {REMAT_POLICIES}")
+        if self.kernels not in KERNELS:
+            raise ValueError(f"kernels {self.kernels!r} is not one of {KERNELS}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {DTYPES}")

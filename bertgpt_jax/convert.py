@@ -253,7 +253,7 @@ def _fresh_heads(cfg: ModelConfig, groups: list[str], seed: int) -> Params:
     D = cfg.hidden_size
     h = jnp.zeros((1, 1, D), jnp.float32)
     modules = {"pooler": (Pooler(cfg), (h,)), "nsp": (NspHead(cfg), (h[:, 0],)),
-               "mlm": (MlmHead(cfg), (h, lambda x: x @ jnp.zeros((cfg.vocab_size, D), x.dtype).T))}
+               "mlm": (MlmHead(cfg), (h, jnp.zeros((cfg.vocab_size, D), jnp.float32)))}
     out = {}
     for i, g in enumerate(groups):
         module, args = modules[g]

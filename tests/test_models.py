@@ -49,7 +49,8 @@ def test_gpt2_output_shapes():
     assert len(out.hidden_states) == cfg.num_hidden_layers + 1
     h_only = model.apply({"params": params}, ids, return_logits=False)
     assert h_only.logits is None
-    np.testing.assert_allclose(model.apply({"params": params}, h_only.last_hidden_state, method="lm_logits"),
+    # The LM head is the token table, tied.
+    np.testing.assert_allclose(np.asarray(h_only.last_hidden_state) @ np.asarray(params["wte"]["embedding"]).T,
                                out.logits, atol=1e-5)
 
 
@@ -217,7 +218,7 @@ def test_flops_per_token_and_count():
 def test_too_long_input_is_a_clear_error():
     cfg = tiny("gpt2", max_position_embeddings=8)
     model = models.from_config(cfg)
-    with pytest.raises(ValueError, match="sequence length 9 exceeds max_position_embeddings"):
+    with pytest.raises(ValueError, match="sequence length 9 exceeds the model.s position table .max_position_embeddings 8."):
         model.init(jax.random.key(0), jnp.zeros((1, 9), jnp.int32))
 
 
@@ -252,33 +253,23 @@ def test_bert_heads_only_equals_the_full_last_layer(remat):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g_full, g_part)
 
 
-def test_dropout_at_selected_rows_matches_the_full_mask():
-    from bertgpt_jax.models.layers import dropout_bits
+def test_dropout_at_given_indices_drops_what_the_full_array_drops():
+    from bertgpt_jax.models.bert import _row_index
+    from bertgpt_jax.models.layers import Dropout
 
-    key = jax.random.key(3)
-    full = np.asarray(dropout_bits(key, (2, 3, 8, 5)))
+    x = jnp.asarray(np.random.RandomState(0).rand(2, 3, 8, 5) + 1.0, jnp.float32)
     rows = jnp.array([[7, 0], [2, 2]])
-    part = np.asarray(dropout_bits(key, (2, 3, 2, 5), rows, row_axis=2, length=8))
+    rngs = {"dropout": jax.random.key(3)}
+    full = np.asarray(Dropout(0.5).apply({}, x, deterministic=False, rngs=rngs))
+    part_x = jnp.take_along_axis(x, rows[:, None, :, None], axis=2)
+    part = np.asarray(Dropout(0.5).apply({}, part_x, deterministic=False, rngs=rngs,
+                                         index=_row_index(x.shape, rows, axis=2)))
     np.testing.assert_array_equal(part, np.take_along_axis(full, np.asarray(rows)[:, None, :, None], axis=2))
+    assert 0 < (full == 0).mean() < 1
 
 
-def test_gpt_block_at_selected_rows_matches_the_full_block():
-    from bertgpt_jax.models.layers import Block
-
-    cfg = tiny("gpt2")
-    block = Block(cfg, deterministic=False, pre_ln=True, is_causal=True)
-    x = jnp.asarray(np.random.RandomState(1).randn(2, 10, 32), jnp.float32)
-    variables = block.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, None)
-    rows = jnp.array([[9, 0, 4], [3, 3, 7]])
-    rngs = {"dropout": jax.random.key(5)}
-    full, _ = block.apply(variables, x, None, rngs=rngs)
-    part, _ = block.apply(variables, x, None, rows, rngs=rngs)
-    np.testing.assert_allclose(part, np.take_along_axis(np.asarray(full), np.asarray(rows)[:, :, None], axis=1),
-                               rtol=1e-5, atol=1e-6)
-
-
-def test_own_cotangent_is_the_identity_with_a_materialised_gradient():
-    from bertgpt_jax.models.layers import own_cotangent
+def test_materialise_cotangent_is_the_identity_with_a_materialised_gradient():
+    from bertgpt_jax.models.kernels import materialise_cotangent as own_cotangent
 
     x = jnp.asarray(np.random.RandomState(0).randn(4, 8, 16), jnp.float32)
     w = jnp.asarray(np.random.RandomState(1).randn(4, 8, 16), jnp.float32)
@@ -299,8 +290,17 @@ def test_own_cotangent_is_the_identity_with_a_materialised_gradient():
     ((3, 5, 8), (8, 3, 2, 4), 1),     # fused QKV kernel
     ((3, 5, 2, 4), (2, 4, 8), 2),     # attention output projection over (heads, head_dim)
 ])
-def test_contract_cpu_gradient_equals_xla_autodiff(x_shape, kernel_shape, in_ndim):
-    from bertgpt_jax.models.layers import _contract, contract
+def test_cpu_dot_general_gradient_equals_xla_autodiff(x_shape, kernel_shape, in_ndim):
+    from bertgpt_jax.models.kernels import dot_general
+
+    def dims(x):
+        return ((tuple(range(x.ndim - in_ndim, x.ndim)), tuple(range(in_ndim))), ((), ()))
+
+    def contract(x, kernel, in_ndim, out_dtype):
+        return dot_general(x, kernel, dims(x), preferred_element_type=out_dtype)
+
+    def _contract(x, kernel, in_ndim, out_dtype):
+        return jax.lax.dot_general(x, kernel, dims(x), preferred_element_type=out_dtype)
 
     rng = np.random.RandomState(0)
     x = jnp.asarray(rng.randn(*x_shape), jnp.float32)
@@ -328,3 +328,28 @@ def test_contract_cpu_gradient_equals_xla_autodiff(x_shape, kernel_shape, in_ndi
     gx, gk = jax.grad(lambda x, k: jnp.sum(contract(x, k, in_ndim, jnp.float32)), argnums=(0, 1))(
         x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
     assert gx.dtype == gk.dtype == jnp.bfloat16
+
+
+def test_attention_fused_and_explicit_paths_agree_and_weights_are_returned():
+    """jax.nn.dot_product_attention (eval, inference) and the explicit softmax(QK^T)V path (dropout,
+    attention weights) compute the same function; the weights are a distribution over real keys."""
+    from bertgpt_jax.models.layers import SelfAttention
+
+    for name, causal in (("bert-tiny", False), ("gpt2", True)):
+        cfg = tiny(name)
+        attn = SelfAttention(cfg, deterministic=True, is_causal=causal)
+        x = jnp.asarray(np.random.RandomState(0).randn(2, 9, 32), jnp.float32)
+        mask = jnp.asarray(np.arange(9)[None, :] < np.array([[9], [6]]))[:, None, None, :]
+        variables = attn.init(jax.random.key(0), x, mask)
+        fused = attn.apply(variables, x, mask)
+        explicit, state = attn.apply(variables, x, mask, mutable=[models.ATTENTION_WEIGHTS])
+        np.testing.assert_allclose(explicit, fused, atol=1e-5)
+        (probs,) = state[models.ATTENTION_WEIGHTS]["probs"]
+        assert probs.shape == (2, 4, 9, 9)
+        np.testing.assert_allclose(np.asarray(probs).sum(-1), 1.0, rtol=1e-5)
+        assert float(np.asarray(probs)[1, :, :, 6:].max()) == 0.0  # padding keys get nothing
+        if causal:
+            assert float(np.triu(np.asarray(probs)[0], 1).max()) == 0.0
+        # With dropout 0 in training, the fused path runs and gives the deterministic result.
+        train = SelfAttention(cfg.replace(attention_probs_dropout_prob=0.0), deterministic=False, is_causal=causal)
+        np.testing.assert_allclose(train.apply(variables, x, mask), fused, atol=1e-6)

@@ -10,17 +10,18 @@ import jax.numpy as jnp
 
 from bertgpt_jax import sharding as sh
 from bertgpt_jax.configs import ModelConfig
-from bertgpt_jax.models import masks
+from bertgpt_jax.models import losses, masks
 from bertgpt_jax.models.layers import Dropout, Embedding, Stack, constrain_hidden, layer_norm
 from bertgpt_jax.models.outputs import GPT2Output
 
 
 class GPT2(nn.Module):
-    """``apply(params, input_ids, attention_mask, segment_ids, position_ids)`` -> GPT2Output.
+    """``apply(params, input_ids, attention_mask, segment_ids, position_ids, targets)`` -> GPT2Output.
 
     ``segment_ids`` marks packed documents (attention stays within a document); ``position_ids`` then
-    restart per document. ``return_logits=False`` skips the [B, T, V] projection so a loss can be
-    computed in chunks from ``last_hidden_state`` (see ``lm_logits``).
+    restart per document. Given ``targets`` (and ``target_weights``) the LM head returns its loss sums
+    (``loss_sums``: ``lm_loss_sum``, ``lm_correct_sum``), projecting onto the vocabulary chunk by chunk
+    so no [B, T, V] logits exist; ``return_logits=False`` skips the projection altogether.
     """
 
     cfg: ModelConfig
@@ -37,18 +38,16 @@ class GPT2(nn.Module):
     def __call__(self, input_ids: jax.Array, attention_mask: Optional[jax.Array] = None,
                  segment_ids: Optional[jax.Array] = None, position_ids: Optional[jax.Array] = None,
                  deterministic: bool = True, output_hidden_states: bool = False,
-                 return_logits: bool = True) -> GPT2Output:
+                 return_logits: bool = True, targets: Optional[jax.Array] = None,
+                 target_weights: Optional[jax.Array] = None) -> GPT2Output:
         cfg = self.cfg
         B, T = input_ids.shape
-        if T > cfg.max_position_embeddings:
-            raise ValueError(f"sequence length {T} exceeds max_position_embeddings (n_positions) "
-                             f"{cfg.max_position_embeddings}")
+        masks.check_length(T, cfg.max_position_embeddings)
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-        extra = masks.combine(masks.padding_mask(attention_mask) if attention_mask is not None else None,
-                              masks.segment_mask(segment_ids) if segment_ids is not None else None)
-        # Without padding or segments the kernel's own causal flag is used (no mask tensor at all).
-        mask = masks.combine(masks.causal_mask(T), extra) if extra is not None else None
+        # Causality is the attention's own flag; padding and packed documents add a mask.
+        mask = masks.combine(masks.padding_mask(attention_mask) if attention_mask is not None else None,
+                             masks.segment_mask(segment_ids) if segment_ids is not None else None)
 
         x_BxTxD = self.wte(input_ids) + self.wpe(position_ids)
         x_BxTxD = Dropout(cfg.hidden_dropout_prob)(x_BxTxD, deterministic=deterministic)
@@ -59,9 +58,9 @@ class GPT2(nn.Module):
         if hidden is not None:
             # HF convention: the last entry is the final-LayerNorm output.
             hidden = hidden[:-1] + (x_BxTxD,)
-        logits = self.wte.attend(x_BxTxD) if return_logits else None
-        return GPT2Output(logits=logits, last_hidden_state=x_BxTxD, hidden_states=hidden)
-
-    def lm_logits(self, h_xD: jax.Array) -> jax.Array:
-        """fp32 logits of final hidden states against the tied token table (for chunked losses)."""
-        return self.wte.attend(h_xD)
+        out = GPT2Output(logits=None, last_hidden_state=x_BxTxD, hidden_states=hidden)
+        if targets is not None:
+            weights_BxT = jnp.ones((B, T), jnp.float32) if target_weights is None else target_weights
+            loss_sum, correct_sum = losses.lm_head_sums(x_BxTxD, self.wte.table(), targets, weights_BxT)
+            return out.replace(loss_sums={"lm_loss_sum": loss_sum, "lm_correct_sum": correct_sum})
+        return out.replace(logits=self.wte.attend(x_BxTxD)) if return_logits else out

@@ -1,8 +1,13 @@
-"""BERT's pooler and pretraining heads (masked LM at gathered positions, next-sentence prediction)."""
+"""BERT's pooler and pretraining heads. Each head computes its logits, or, given labels, its own loss sums.
+
+The MLM head decodes with the tied token table (passed in by the model that owns it) and computes its
+cross-entropy fused with the decoder (``models.losses.decoder_sums``), so nothing outside the model names
+a parameter path.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -10,7 +15,8 @@ import jax.numpy as jnp
 
 from bertgpt_jax import sharding as sh
 from bertgpt_jax.configs import ModelConfig
-from bertgpt_jax.models.layers import ACTIVATIONS, Dense, layer_norm
+from bertgpt_jax.models import losses
+from bertgpt_jax.models.layers import ACTIVATIONS, dense, layer_norm
 
 
 class Pooler(nn.Module):
@@ -21,8 +27,7 @@ class Pooler(nn.Module):
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
         cfg = self.cfg
-        return jnp.tanh(Dense((cfg.hidden_size,), (sh.EMBED, sh.MLP), cfg.dtype, cfg.param_dtype,
-                              cfg.initializer_range, name="dense")(x_BxTxD[:, 0]))
+        return jnp.tanh(dense(cfg, (cfg.hidden_size,), (sh.EMBED, sh.MLP), name="dense")(x_BxTxD[:, 0]))
 
 
 class MlmHead(nn.Module):
@@ -31,19 +36,23 @@ class MlmHead(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, h_BxPxD: jax.Array, decode: Callable[[jax.Array], jax.Array],
-                 return_logits: bool = True) -> jax.Array:
-        """Logits [B, P, V] in fp32; with ``return_logits=False`` the transformed hidden states [B, P, D]
-        that the decoder would read (a fused loss then applies the tied table and ``bias`` itself)."""
+    def __call__(self, h_BxPxD: jax.Array, table_VxD: jax.Array, labels_BxP: Optional[jax.Array] = None,
+                 weights_BxP: Optional[jax.Array] = None):
+        """Logits [B, P, V] in fp32; with ``labels_BxP`` (and ``weights_BxP``) instead the pair
+        (sum of weighted NLL, sum of weighted correct predictions)."""
         cfg = self.cfg
-        h_BxPxD = Dense((cfg.hidden_size,), (sh.EMBED, sh.MLP), cfg.dtype, cfg.param_dtype,
-                        cfg.initializer_range, name="transform")(h_BxPxD)
+        h_BxPxD = dense(cfg, (cfg.hidden_size,), (sh.EMBED, sh.MLP), name="transform")(h_BxPxD)
         h_BxPxD = layer_norm(cfg, "LayerNorm")(ACTIVATIONS[cfg.hidden_act](h_BxPxD))
         bias_V = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (sh.VOCAB,)),
                             (cfg.vocab_size,), cfg.param_dtype)
-        if not return_logits:
-            return h_BxPxD
-        return decode(h_BxPxD) + bias_V.astype(jnp.float32)
+        if labels_BxP is None:
+            logits = jnp.einsum("bpd,vd->bpv", h_BxPxD, table_VxD.astype(h_BxPxD.dtype),
+                                preferred_element_type=jnp.float32)
+            return logits + bias_V.astype(jnp.float32)
+        B, P, D = h_BxPxD.shape
+        weights_BxP = jnp.ones((B, P), jnp.float32) if weights_BxP is None else weights_BxP
+        return losses.decoder_sums(h_BxPxD.reshape(B * P, D), table_VxD, bias_V, labels_BxP.reshape(B * P),
+                                   weights_BxP.reshape(B * P))
 
 
 class NspHead(nn.Module):
@@ -53,6 +62,4 @@ class NspHead(nn.Module):
 
     @nn.compact
     def __call__(self, pooled_BxD: jax.Array) -> jax.Array:
-        cfg = self.cfg
-        return Dense((2,), (sh.EMBED, sh.CLASSES), cfg.dtype, cfg.param_dtype, cfg.initializer_range,
-                     out_dtype=jnp.float32, name="dense")(pooled_BxD)
+        return dense(self.cfg, (2,), (sh.EMBED, sh.CLASSES), out_dtype=jnp.float32, name="dense")(pooled_BxD)

@@ -1,13 +1,14 @@
-"""Building blocks shared by BERT and GPT-2: dense, embedding, LayerNorm, attention, MLP, block, stack.
+"""Building blocks shared by BERT and GPT-2: dense, embedding, LayerNorm, dropout, attention, MLP, block, stack.
 
 BERT and GPT-2 differ only by config: post-LN vs pre-LN blocks, bidirectional vs causal masks.
 Every parameter carries logical axis names (``bertgpt_jax.sharding``); activations are constrained to
-(batch, length, embed) at block boundaries.
+(batch, length, embed) at block boundaries. What runs differently on one backend lives in
+``bertgpt_jax.models.kernels``; the layers here take it as the ``dot_general`` and ``attention``
+implementation their config names.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
@@ -17,22 +18,28 @@ import numpy as np
 
 from bertgpt_jax import sharding as sh
 from bertgpt_jax.configs import ModelConfig
-
+from bertgpt_jax.models import kernels
 
 _SQRT_HALF = 0.7071067811865476  # a Python float: weakly typed, so bf16 stays bf16
 
+# Collection that SelfAttention writes its attention probabilities [B, H, T, S] into when it is mutable:
+# ``model.apply(..., mutable=[ATTENTION_WEIGHTS])``.
+ATTENTION_WEIGHTS = "attention_weights"
+
 
 def gelu_erf(x: jax.Array) -> jax.Array:
-    """Exact GELU, ``x/2 * (1 + erf(x/sqrt 2))``: the original BERT's and torch's formula.
+    """Exact GELU, ``x/2 * (1 + erf(x/sqrt 2))``: HF's ``"gelu"`` and torch's default, which parity with HF
+    BERT checkpoints needs (the original TensorFlow BERT used the tanh approximation, ``gelu_new`` here).
 
-    On CPU ``erf`` costs a third of the ``erfc`` that ``jax.nn.gelu(approximate=False)`` uses.
+    Written with ``erf``, which XLA's CPU backend evaluates more cheaply than the ``erfc`` that
+    ``jax.nn.gelu(approximate=False)`` uses.
     """
     return 0.5 * x * (1.0 + jax.lax.erf(x * _SQRT_HALF))
 
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": gelu_erf,  # exact erf GELU (original BERT)
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),  # tanh approximation (GPT-2)
+    "gelu": gelu_erf,  # exact erf GELU (HF "gelu")
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),  # tanh approximation (GPT-2, original TF BERT)
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "relu": jax.nn.relu,
     "tanh": jnp.tanh,
@@ -45,6 +52,9 @@ REMAT_POLICIES = {
 }
 
 
+# ---- dropout -----------------------------------------------------------------------------------
+
+
 def _mix32(x: jax.Array) -> jax.Array:
     """A bijective 32-bit integer hash with full avalanche (two xorshift-multiply rounds)."""
     x = x ^ (x >> 16)
@@ -54,67 +64,55 @@ def _mix32(x: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
-def dropout_bits(key: jax.Array, shape: Sequence[int], rows: Optional[jax.Array] = None, row_axis: int = 1,
-                 length: Optional[int] = None) -> jax.Array:
-    """uint32 random bits for a dropout mask: a hash of each element's index under a per-call seed.
+def hashed_bits(key: jax.Array, index: jax.Array) -> jax.Array:
+    """uint32 random bits for each element, a hash of its ``index`` under a seed drawn from ``key``.
 
-    The seed comes from ``key`` through jax.random (two words); the elements are then hashed from
-    their position, which XLA fuses into the consumer. On CPU this is ~40x cheaper than threefry
-    bits per element, and like them it is the same on every mesh (each shard hashes its own indices).
-
-    With ``rows`` ([B, Q] positions along ``row_axis``, batch on axis 0) the array holds only those rows of
-    one that is ``length`` long on that axis, and each element gets the bits it would have there: a layer
-    computed at a few positions drops exactly what the full layer drops at them.
+    The seed comes from ``key`` through jax.random (two words); the elements are then hashed from their
+    index, which XLA fuses into the consumer: far cheaper than threefry bits per element, and like them
+    the same on every mesh (each shard hashes its own indices).
     """
-    full = list(shape)
-    if rows is not None:
-        full[row_axis] = length
-    n = int(np.prod(full))
-    if n >= 2 ** 32:
-        if rows is not None:
-            raise ValueError(f"dropout over {n} elements (>= 2**32) cannot be taken at selected rows")
-        return jax.random.bits(key, tuple(shape), jnp.uint32)
     seed = jax.random.bits(key, (2,), jnp.uint32)
-    if not len(shape):
-        index = jnp.uint32(0)
-    elif rows is None:
-        index = jax.lax.iota(jnp.uint32, n).reshape(shape)
-    else:
-        strides = np.cumprod([1] + full[::-1])[::-1][1:]  # row-major strides of the full array
-        index = jnp.zeros(shape, jnp.uint32)
-        for axis in range(len(shape)):
-            if axis == row_axis:
-                coord = rows.astype(jnp.uint32).reshape(
-                    [shape[0]] + [1] * (row_axis - 1) + [shape[row_axis]] + [1] * (len(shape) - row_axis - 1))
-            else:
-                coord = jax.lax.broadcasted_iota(jnp.uint32, shape, axis)
-            index = index + coord * jnp.uint32(strides[axis])
-    return _mix32(_mix32(index ^ seed[0]) + seed[1])
+    return _mix32(_mix32(index.astype(jnp.uint32) ^ seed[0]) + seed[1])
+
+
+def flat_index(shape: Sequence[int]) -> jax.Array:
+    """Each element's row-major position in an array of ``shape``, uint32."""
+    return jax.lax.iota(jnp.uint32, int(np.prod(shape))).reshape(shape)
 
 
 class Dropout(nn.Module):
     """Inverted dropout (drop with probability ``rate``, scale the rest by 1/(1-rate)).
 
-    Same semantics as ``flax.linen.Dropout``; the mask comes from :func:`dropout_bits` with the key
-    drawn from the ``dropout`` rng collection, so it still varies per module, layer and step.
-    ``rows``/``row_axis``/``length`` (see :func:`dropout_bits`) apply it to selected rows of a longer array.
+    Same semantics as ``flax.linen.Dropout``; the mask is :func:`hashed_bits` of each element's index
+    under a key from the ``dropout`` rng collection, so it still varies per module, layer and step.
+    ``index`` gives the elements' positions in a larger array the mask stands for (default: ``x`` itself),
+    so a layer computed at a few positions drops what the full layer drops there.
     """
 
     rate: float
     deterministic: Optional[bool] = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: Optional[bool] = None, rows: Optional[jax.Array] = None,
-                 row_axis: int = 1, length: Optional[int] = None) -> jax.Array:
+    def __call__(self, x: jax.Array, deterministic: Optional[bool] = None,
+                 index: Optional[jax.Array] = None) -> jax.Array:
         deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
         if deterministic or self.rate == 0.0:
             return x
         if self.rate >= 1.0:
             return jnp.zeros_like(x)
-        threshold = jnp.uint32(min(round(self.rate * 2.0 ** 32), 2 ** 32 - 1))
-        bits = dropout_bits(self.make_rng("dropout"), x.shape, rows, row_axis, length)
-        keep = bits >= threshold
+        key = self.make_rng("dropout")
+        if index is None:
+            if x.size >= 2 ** 32:  # indices would wrap around
+                bits = jax.random.bits(key, x.shape, jnp.uint32)
+            else:
+                bits = hashed_bits(key, flat_index(x.shape))
+        else:
+            bits = hashed_bits(key, index)
+        keep = bits >= jnp.uint32(min(round(self.rate * 2.0 ** 32), 2 ** 32 - 1))
         return jnp.where(keep, x / jnp.asarray(1.0 - self.rate, x.dtype), jnp.zeros((), x.dtype))
+
+
+# ---- dense, embedding, LayerNorm ----------------------------------------------------------------
 
 
 def whole_features(table_VxD: jax.Array, row_axis: str = sh.VOCAB) -> jax.Array:
@@ -147,89 +145,38 @@ class Dense(nn.Module):
     stddev: float = 0.02
     in_ndim: int = 1
     out_dtype: Optional[jnp.dtype] = None  # e.g. float32 for logits computed from bf16 inputs
+    dot_general: Callable = jax.lax.dot_general
 
     @nn.compact
-    def __call__(self, x: jax.Array, select: Optional[slice] = None) -> jax.Array:
-        """``select`` takes a slice of the first output axis (e.g. only Q of a fused QKV kernel)."""
-        in_shape = tuple(x.shape[x.ndim - self.in_ndim:])
+    def weights(self, in_shape: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+        """The kernel [*in_shape, *out_shape] and bias [*out_shape], as stored."""
         out_shape = tuple(self.out_shape)
         kernel = self.param("kernel", nn.with_logical_partitioning(
-            nn.initializers.normal(self.stddev), tuple(self.kernel_axes)), in_shape + out_shape,
+            nn.initializers.normal(self.stddev), tuple(self.kernel_axes)), tuple(in_shape) + out_shape,
             self.param_dtype)
         bias = self.param("bias", nn.with_logical_partitioning(
             nn.initializers.zeros, tuple(self.kernel_axes[self.in_ndim:])), out_shape, self.param_dtype)
-        if select is not None:
-            kernel = kernel[(slice(None),) * self.in_ndim + (select,)]
-            bias = bias[select]
+        return kernel, bias
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel, bias = self.weights(x.shape[x.ndim - self.in_ndim:])
+        return self.apply_weights(x, kernel, bias)
+
+    def apply_weights(self, x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+        """``x . kernel + bias`` in this layer's dtypes (``kernel``/``bias`` may be slices of its own)."""
         out_dtype = self.out_dtype or self.dtype
-        y = contract(x.astype(self.dtype), kernel.astype(self.dtype), self.in_ndim, out_dtype)
+        x_axes = tuple(range(x.ndim - self.in_ndim, x.ndim))
+        y = self.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                             ((x_axes, tuple(range(self.in_ndim))), ((), ())), preferred_element_type=out_dtype)
         return y + bias.astype(out_dtype)
 
 
-def _contract(x: jax.Array, kernel: jax.Array, in_ndim: int, out_dtype) -> jax.Array:
-    x_axes = tuple(range(x.ndim - in_ndim, x.ndim))
-    return jax.lax.dot_general(x, kernel, ((x_axes, tuple(range(in_ndim))), ((), ())),
-                               preferred_element_type=out_dtype)
-
-
-def _materialised(fn: Callable[[jax.Array], jax.Array], a: jax.Array) -> jax.Array:
-    """``fn(a)`` as an array of its own, row-major, that XLA can neither fuse into its readers nor lay out as a view.
-
-    It is computed inside a conditional whose predicate is only known at run time (both branches give the same
-    value; a NaN takes the other one): a conditional's result is always materialised. On CPU
-    ``optimization_barrier`` cannot do this: it is removed before fusion.
-    """
-    first = a.reshape(-1)[0]
-    return jax.lax.cond(first == first, fn, lambda a: fn(a) * 1, a)
-
-
-def transposed_copy(a_NxM: jax.Array) -> jax.Array:
-    """``a.T`` as an array of its own, laid out row-major, rather than a transposed view.
-
-    XLA may otherwise assign the transpose a column-major layout (a free bitcast) and hand the matmul that
-    reads it an operand contracted over its major axis, which the CPU backend's fast matmul does not take.
-    """
-    return _materialised(lambda a: a.T, a_NxM)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _contract_cpu(x, kernel, in_ndim, out_dtype):
-    return _contract(x, kernel, in_ndim, out_dtype)
-
-
-def _contract_cpu_fwd(x, kernel, in_ndim, out_dtype):
-    return _contract(x, kernel, in_ndim, out_dtype), (x, kernel)
-
-
-def _contract_cpu_bwd(in_ndim, out_dtype, res, g):
-    x, kernel = res
-    n_in = int(np.prod(kernel.shape[:in_ndim]))
-    kernel_IxO = kernel.reshape(n_in, -1)  # 2-D, so XLA reads it as it is instead of copying it transposed
-    x_NxI = x.reshape(-1, n_in)
-    g_NxO = g.astype(kernel.dtype).reshape(x_NxI.shape[0], -1)
-    dx = jnp.matmul(g_NxO, kernel_IxO.T, preferred_element_type=jnp.float32).astype(x.dtype).reshape(x.shape)
-    # The weight gradient contracts over every token, the major axis of both operands. Transposing the
-    # smaller operand into an array of its own makes it a plain [in, N] x [N, out] matmul.
-    if x_NxI.shape[1] <= g_NxO.shape[1]:
-        dw_IxO = jnp.matmul(transposed_copy(x_NxI), g_NxO, preferred_element_type=jnp.float32)
-    else:
-        dw_IxO = jnp.matmul(transposed_copy(g_NxO), x_NxI, preferred_element_type=jnp.float32).T
-    return dx, dw_IxO.astype(kernel.dtype).reshape(kernel.shape)
-
-
-_contract_cpu.defvjp(_contract_cpu_fwd, _contract_cpu_bwd)
-
-
-def contract(x: jax.Array, kernel: jax.Array, in_ndim: int, out_dtype) -> jax.Array:
-    """``x . kernel`` over x's trailing ``in_ndim`` axes and the kernel's leading ones.
-
-    On CPU the weight gradient is written out as a row-major matmul (see ``transposed_copy``): XLA's own
-    transpose of the product ran it as a transposed-operand Eigen matmul at ~60% of the plain matmul rate
-    and copied the larger operand first. Elsewhere XLA's own gradient is used.
-    """
-    if jax.default_backend() != "cpu":
-        return _contract(x, kernel, in_ndim, out_dtype)
-    return _contract_cpu(x, kernel, in_ndim, out_dtype)
+def dense(cfg: ModelConfig, out_shape: Sequence[int], kernel_axes: Sequence[Optional[str]], *,
+          stddev: Optional[float] = None, in_ndim: int = 1, out_dtype=None, name: Optional[str] = None) -> Dense:
+    """A :class:`Dense` in the model's dtypes and initialisation, with the backend's ``dot_general``."""
+    return Dense(tuple(out_shape), tuple(kernel_axes), cfg.dtype, cfg.param_dtype,
+                 cfg.initializer_range if stddev is None else stddev, in_ndim, out_dtype,
+                 kernels.dense_dot_general(cfg.kernels), name=name)
 
 
 class Embedding(nn.Module):
@@ -248,17 +195,19 @@ class Embedding(nn.Module):
             self.param_dtype)
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        table = whole_features(self.embedding, self.axes[0])
-        return jnp.take(table, ids, axis=0).astype(self.dtype)
+        return jnp.take(self.table(), ids, axis=0).astype(self.dtype)
+
+    def table(self) -> jax.Array:
+        """The table [V, D] with its feature axis whole (see :func:`whole_features`), as stored."""
+        return whole_features(self.embedding, self.axes[0])
 
     def attend(self, x_xD: jax.Array) -> jax.Array:
         """Logits against every row of the table, in fp32."""
-        table = whole_features(self.embedding, self.axes[0])
-        return jnp.einsum("...d,vd->...v", x_xD, table.astype(x_xD.dtype),
+        return jnp.einsum("...d,vd->...v", x_xD, self.table().astype(x_xD.dtype),
                           preferred_element_type=jnp.float32)
 
 
-def layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
+def layer_norm(cfg: ModelConfig, name: Optional[str]) -> nn.LayerNorm:
     """LayerNorm with params ``scale``/``bias`` and statistics in fp32."""
     return nn.LayerNorm(
         epsilon=cfg.layer_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype, use_fast_variance=False,
@@ -266,85 +215,66 @@ def layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (sh.NORM,)), name=name)
 
 
+# ---- attention ---------------------------------------------------------------------------------
+
+
+def attention_probs(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, mask_Bx1xTxS: Optional[jax.Array],
+                    is_causal: bool) -> jax.Array:
+    """``softmax(Q K^T / sqrt(d))`` over keys, masked (True = attend), fp32 [B, H, T, S]."""
+    T, S = q_BxTxHxK.shape[1], k_BxSxHxK.shape[1]
+    logits_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK, preferred_element_type=jnp.float32)
+    logits_BxHxTxS = logits_BxHxTxS / jnp.sqrt(jnp.float32(q_BxTxHxK.shape[-1]))
+    if is_causal:
+        causal = jnp.tril(jnp.ones((T, S), bool))[None, None]
+        mask_Bx1xTxS = causal if mask_Bx1xTxS is None else jnp.logical_and(mask_Bx1xTxS, causal)
+    if mask_Bx1xTxS is not None:
+        logits_BxHxTxS = jnp.where(mask_Bx1xTxS, logits_BxHxTxS, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(logits_BxHxTxS, axis=-1)
+
+
+def weighted_values(probs_BxHxTxS: jax.Array, v_BxSxHxK: jax.Array) -> jax.Array:
+    return jnp.einsum("bhts,bshk->bthk", probs_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
+
+
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with one fused QKV matmul through ``jax.nn.dot_product_attention``."""
+    """Multi-head self-attention: one fused QKV projection, ``softmax(QK^T / sqrt(d)) V``, an output projection.
+
+    Without dropout on the probabilities, and unless they are asked for, attention runs through
+    ``jax.nn.dot_product_attention`` (XLA's fused path, cuDNN flash attention with ``kernels="cudnn"``).
+    Dropout on the probabilities (training with ``attention_probs_dropout_prob > 0``) and returning them
+    (the ``attention_weights`` collection made mutable) take the explicit [B, H, T, S] path.
+    """
 
     cfg: ModelConfig
     deterministic: bool = True
     is_causal: bool = False
     out_stddev: float = 0.02
 
-    @nn.compact
-    def __call__(self, x_BxTxD: jax.Array, mask_Bx1xTxS: Optional[jax.Array],
-                 rows_BxQ: Optional[jax.Array] = None, x_BxQxD: Optional[jax.Array] = None) -> jax.Array:
-        """With ``rows_BxQ`` only those query positions are computed (their inputs ``x_BxQxD``), against
-        keys and values from every position; the result is [B, Q, D], equal to those rows of the full one.
-        Without it ``x_BxQxD`` is not read."""
+    def setup(self):
         cfg = self.cfg
-        H, K = cfg.num_attention_heads, cfg.head_dim
-        qkv = Dense((3, H, K), (sh.EMBED, None, sh.HEADS, sh.KV), cfg.dtype, cfg.param_dtype,
-                    cfg.initializer_range, name="qkv")
-        if rows_BxQ is None:
-            qkv_BxTx3xHxK = qkv(x_BxTxD)
-            q, k, v = qkv_BxTx3xHxK[:, :, 0], qkv_BxTx3xHxK[:, :, 1], qkv_BxTx3xHxK[:, :, 2]
-        else:
-            q = qkv(x_BxQxD, select=slice(0, 1))[:, :, 0]
-            kv_BxTx2xHxK = qkv(x_BxTxD, select=slice(1, 3))
-            k, v = kv_BxTx2xHxK[:, :, 0], kv_BxTx2xHxK[:, :, 1]
-        T = x_BxTxD.shape[1]
-        causal = self.is_causal and mask_Bx1xTxS is None
-        if causal and rows_BxQ is not None:  # the query at position p sees keys 0..p
-            mask_Bx1xTxS = jnp.arange(T)[None, None, None, :] <= rows_BxQ[:, None, :, None]
-            causal = False
-        rate = cfg.attention_probs_dropout_prob
-        if self.deterministic or rate == 0.0:
-            ctx_BxTxHxK = jax.nn.dot_product_attention(q, k, v, mask=mask_Bx1xTxS, is_causal=causal)
-        else:
-            ctx_BxTxHxK = self._attend_with_dropout(q, k, v, mask_Bx1xTxS, causal, rate, rows_BxQ)
-        return Dense((cfg.hidden_size,), (sh.HEADS, sh.KV, sh.EMBED), cfg.dtype, cfg.param_dtype,
-                     self.out_stddev, in_ndim=2, name="out")(ctx_BxTxHxK)
+        self.qkv = dense(cfg, (3, cfg.num_attention_heads, cfg.head_dim), (sh.EMBED, None, sh.HEADS, sh.KV))
+        self.out = dense(cfg, (cfg.hidden_size,), (sh.HEADS, sh.KV, sh.EMBED), stddev=self.out_stddev, in_ndim=2)
+        self.dropout = Dropout(cfg.attention_probs_dropout_prob)
 
-    def _attend_with_dropout(self, q, k, v, mask, causal, rate, rows):
-        # jax.nn.dot_product_attention has no dropout on the probabilities: spell it out for training.
-        T = k.shape[1]
-        logits_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32)
-        logits_BxHxTxS = logits_BxHxTxS / jnp.sqrt(jnp.float32(q.shape[-1]))
-        if causal:
-            mask = jnp.tril(jnp.ones((T, T), bool))[None, None]
-        if mask is not None:
-            logits_BxHxTxS = jnp.where(mask, logits_BxHxTxS, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(logits_BxHxTxS, axis=-1).astype(q.dtype)
-        probs = Dropout(rate)(probs, deterministic=False, rows=rows, row_axis=2, length=T)
-        return jnp.einsum("bhts,bshk->bthk", probs, v)
+    def __call__(self, x_BxTxD: jax.Array, mask_Bx1xTxS: Optional[jax.Array]) -> jax.Array:
+        qkv_BxTx3xHxK = self.qkv(x_BxTxD)
+        q, k, v = qkv_BxTx3xHxK[:, :, 0], qkv_BxTx3xHxK[:, :, 1], qkv_BxTx3xHxK[:, :, 2]
+        return self.out(self.attend(q, k, v, mask_Bx1xTxS))
 
-
-@jax.custom_vjp
-def _own_cotangent(x: jax.Array) -> jax.Array:
-    return x
-
-
-def _own_cotangent_fwd(x):
-    return x, None
-
-
-def _own_cotangent_bwd(_, g):
-    return (_materialised(lambda a: a, g),)  # later fusions read it instead of recomputing it
-
-
-_own_cotangent.defvjp(_own_cotangent_fwd, _own_cotangent_bwd)
-
-
-def own_cotangent(x: jax.Array) -> jax.Array:
-    """The identity, whose cotangent in the backward pass is materialised as an array of its own.
-
-    In a pre-LN stack the gradient of the residual stream is a long chain of cheap elementwise adds
-    (dropout masks included). XLA's CPU backend fuses that whole chain into every later consumer and
-    recomputes it there: four [512, 2048] weight-gradient operands of the GPT benchmark took 55-90 ms each.
-    Materialising it once per layer made the GPT step ~8% faster. Applied on CPU only, where it was measured.
-    """
-    if jax.default_backend() != "cpu":
-        return x
-    return _own_cotangent(x)
+    def attend(self, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_Bx1xTxS, dropout_index=None) -> jax.Array:
+        """The heads' context vectors [B, T, H, K]; ``dropout_index`` as :class:`Dropout`'s ``index``."""
+        dropping = not self.deterministic and self.cfg.attention_probs_dropout_prob > 0.0
+        returning = self.is_mutable_collection(ATTENTION_WEIGHTS) and not self.is_initializing()
+        if not dropping and not returning:
+            return jax.nn.dot_product_attention(
+                q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask_Bx1xTxS, is_causal=self.is_causal,
+                implementation=kernels.attention_implementation(self.cfg.kernels))
+        probs_BxHxTxS = attention_probs(q_BxTxHxK, k_BxSxHxK, mask_Bx1xTxS, self.is_causal)
+        if returning:
+            self.sow(ATTENTION_WEIGHTS, "probs", probs_BxHxTxS)
+        probs_BxHxTxS = self.dropout(probs_BxHxTxS.astype(q_BxTxHxK.dtype), deterministic=self.deterministic,
+                                     index=dropout_index)
+        return weighted_values(probs_BxHxTxS, v_BxSxHxK)
 
 
 class Mlp(nn.Module):
@@ -354,16 +284,22 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
         cfg = self.cfg
-        h_BxTxF = Dense((cfg.intermediate_size,), (sh.EMBED, sh.MLP), cfg.dtype, cfg.param_dtype,
-                        cfg.initializer_range, name="wi")(x_BxTxD)
-        h_BxTxF = nn.with_logical_constraint(ACTIVATIONS[cfg.hidden_act](h_BxTxF),
-                                             (sh.BATCH, sh.LENGTH, sh.MLP))
-        return Dense((cfg.hidden_size,), (sh.MLP, sh.EMBED), cfg.dtype, cfg.param_dtype, self.out_stddev,
-                     name="wo")(h_BxTxF)
+        h_BxTxF = dense(cfg, (cfg.intermediate_size,), (sh.EMBED, sh.MLP), name="wi")(x_BxTxD)
+        h_BxTxF = nn.with_logical_constraint(ACTIVATIONS[cfg.hidden_act](h_BxTxF), (sh.BATCH, sh.LENGTH, sh.MLP))
+        return dense(cfg, (cfg.hidden_size,), (sh.MLP, sh.EMBED), stddev=self.out_stddev, name="wo")(h_BxTxF)
+
+
+def residual_init_stddev(cfg: ModelConfig, pre_ln: bool) -> float:
+    """GPT-2 scales the residual projections' init by 1/sqrt(2 L); BERT does not."""
+    return cfg.initializer_range / (2 * cfg.num_hidden_layers) ** 0.5 if pre_ln else cfg.initializer_range
 
 
 class Block(nn.Module):
-    """One transformer layer: post-LN (BERT) or pre-LN (GPT-2). Returns (x, x or None) to be scannable."""
+    """One transformer layer: post-LN (BERT) or pre-LN (GPT-2). Returns (x, x or None) to be scannable.
+
+    post-LN: ``x = LN(x + Drop(Attn(x)))``, ``x = LN(x + Drop(MLP(x)))``;
+    pre-LN:  ``x = x + Drop(Attn(LN(x)))``, ``x = x + Drop(MLP(LN(x)))``.
+    """
 
     cfg: ModelConfig
     deterministic: bool = True
@@ -371,46 +307,31 @@ class Block(nn.Module):
     is_causal: bool = False
     emit_hidden: bool = False
 
-    @nn.compact
-    def __call__(self, x_BxTxD: jax.Array, mask: Optional[jax.Array], rows_BxQ: Optional[jax.Array] = None):
-        """With ``rows_BxQ`` the layer's output only at those positions, [B, Q, D] (its keys and values
-        still come from every position): the same values, dropout included, as those rows of the full output."""
-        cfg = self.cfg
-        # GPT-2 scales the residual projections' init by 1/sqrt(2 L).
-        out_std = cfg.initializer_range / (2 * cfg.num_hidden_layers) ** 0.5 if self.pre_ln \
-            else cfg.initializer_range
-        attn = SelfAttention(cfg, self.deterministic, self.is_causal, out_std, name="attention")
-        mlp = Mlp(cfg, out_std, name="mlp")
-        drop = Dropout(cfg.hidden_dropout_prob, deterministic=self.deterministic)
-        ln_attn, ln_mlp = layer_norm(cfg, "ln_attn"), layer_norm(cfg, "ln_mlp")
-        T = x_BxTxD.shape[1]
+    def setup(self):
+        cfg, out_std = self.cfg, residual_init_stddev(self.cfg, self.pre_ln)
+        self.attention = SelfAttention(cfg, self.deterministic, self.is_causal, out_std)
+        self.mlp = Mlp(cfg, out_std)
+        self.dropout = Dropout(cfg.hidden_dropout_prob, deterministic=self.deterministic)
+        self.ln_attn, self.ln_mlp = layer_norm(self.cfg, None), layer_norm(self.cfg, None)
 
-        # R rows: all T, or with rows_BxQ the Q positions the layer goes on at.
-        def at_rows(y_BxTxD):
-            return y_BxTxD if rows_BxQ is None else jnp.take_along_axis(y_BxTxD, rows_BxQ[:, :, None], axis=1)
-
-        def drop_rows(y_BxRxD):
-            return drop(y_BxRxD, rows=rows_BxQ, row_axis=1, length=T)
-
+    def __call__(self, x_BxTxD: jax.Array, mask: Optional[jax.Array]):
         if self.pre_ln:
-            h_BxTxD = ln_attn(x_BxTxD)
-            x_BxRxD = at_rows(x_BxTxD) + drop_rows(attn(h_BxTxD, mask, rows_BxQ, at_rows(h_BxTxD)))
-            x_BxRxD = x_BxRxD + drop_rows(mlp(ln_mlp(x_BxRxD)))
+            x_BxTxD = x_BxTxD + self.dropout(self.attention(self.ln_attn(x_BxTxD), mask))
+            x_BxTxD = x_BxTxD + self.dropout(self.mlp(self.ln_mlp(x_BxTxD)))
         else:
-            x_BxRxD = at_rows(x_BxTxD)
-            x_BxRxD = ln_attn(x_BxRxD + drop_rows(attn(x_BxTxD, mask, rows_BxQ, x_BxRxD)))
-            x_BxRxD = ln_mlp(x_BxRxD + drop_rows(mlp(x_BxRxD)))
-        if self.pre_ln and not self.deterministic:
-            x_BxRxD = own_cotangent(x_BxRxD)
-        x_BxRxD = constrain_hidden(x_BxRxD)
-        return x_BxRxD, (x_BxRxD if self.emit_hidden else None)
+            x_BxTxD = self.ln_attn(x_BxTxD + self.dropout(self.attention(x_BxTxD, mask)))
+            x_BxTxD = self.ln_mlp(x_BxTxD + self.dropout(self.mlp(x_BxTxD)))
+        x_BxTxD = constrain_hidden(x_BxTxD)
+        return x_BxTxD, (x_BxTxD if self.emit_hidden else None)
 
 
 class Stack(nn.Module):
-    """``num_hidden_layers`` blocks, optionally rematerialised and/or scanned.
+    """``num_hidden_layers`` layers, optionally rematerialised and/or scanned.
 
     Unscanned params live under ``layer_0 ... layer_{L-1}``; scanned ones under ``layers`` with a leading
-    stacked axis (logical name ``layers``).
+    stacked axis (logical name ``layers``). ``last_layer`` (unscanned stacks only) is the module class of the
+    final layer, called with ``last_layer_args`` after ``(x, mask)``; it must have a :class:`Block`'s
+    parameters (BERT pretraining computes that layer only where its heads read it).
     """
 
     cfg: ModelConfig
@@ -418,33 +339,35 @@ class Stack(nn.Module):
     pre_ln: bool = False
     is_causal: bool = False
     output_hidden_states: bool = False
+    last_layer: Optional[type[nn.Module]] = None
 
     @nn.compact
-    def __call__(self, x_BxTxD: jax.Array, mask: Optional[jax.Array], last_rows_BxQ: Optional[jax.Array] = None):
-        """Final hidden states [B, T, D] and, with ``output_hidden_states``, every layer's.
-
-        With ``last_rows_BxQ`` the output is [B, Q, D], the final hidden states at those positions only:
-        a pretraining loss that reads a few positions (MLM, [CLS]) skips the rest of the last layer.
-        """
+    def __call__(self, x_BxTxD: jax.Array, mask: Optional[jax.Array], last_layer_args: tuple = ()):
+        """Final hidden states and, with ``output_hidden_states``, every layer's (embeddings first)."""
         cfg = self.cfg
-        block_cls = Block
-        if cfg.remat != "none":
-            block_cls = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
         kw = dict(cfg=cfg, deterministic=self.deterministic, pre_ln=self.pre_ln, is_causal=self.is_causal,
                   emit_hidden=self.output_hidden_states)
+
+        def layer_class(cls):
+            cls = kernels.layer_class(cfg.kernels, cls, self.pre_ln, self.deterministic)
+            if cfg.remat == "none":
+                return cls
+            return nn.remat(cls, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+
         hidden = [x_BxTxD]
         if cfg.scan_layers:
-            scanned = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                              in_axes=(nn.broadcast,), length=cfg.num_hidden_layers,
-                              metadata_params={nn.PARTITION_NAME: sh.LAYERS})
+            if self.last_layer is not None:
+                raise ValueError("a scanned stack runs every layer alike; last_layer needs scan_layers=False")
+            scanned = nn.scan(layer_class(Block), variable_axes={"params": 0},
+                              split_rngs={"params": True, "dropout": True}, in_axes=(nn.broadcast,),
+                              length=cfg.num_hidden_layers, metadata_params={nn.PARTITION_NAME: sh.LAYERS})
             x_BxTxD, ys_LxBxTxD = scanned(**kw, name="layers")(x_BxTxD, mask)
             if self.output_hidden_states:
                 hidden += [ys_LxBxTxD[i] for i in range(cfg.num_hidden_layers)]
-            if last_rows_BxQ is not None:  # a scan runs every layer alike: take the rows afterwards
-                x_BxTxD = jnp.take_along_axis(x_BxTxD, last_rows_BxQ[:, :, None], axis=1)
         else:
             for i in range(cfg.num_hidden_layers):
-                rows = last_rows_BxQ if i == cfg.num_hidden_layers - 1 else None
-                x_BxTxD, _ = block_cls(**kw, name=f"layer_{i}")(x_BxTxD, mask, rows)
+                last = i == cfg.num_hidden_layers - 1 and self.last_layer is not None
+                cls = layer_class(self.last_layer if last else Block)
+                x_BxTxD, _ = cls(**kw, name=f"layer_{i}")(x_BxTxD, mask, *(last_layer_args if last else ()))
                 hidden.append(x_BxTxD)
         return x_BxTxD, (tuple(hidden) if self.output_hidden_states else None)

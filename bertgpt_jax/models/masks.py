@@ -7,15 +7,17 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from bertgpt_jax.configs import check_positions
+
+
+def check_length(length: int, max_position_embeddings: int) -> None:
+    """An input longer than the position table is an error, not a silent clamp of the lookup."""
+    check_positions(length, max_position_embeddings, "sequence length")
+
 
 def padding_mask(attention_mask_BxS: jax.Array) -> jax.Array:
     """Keys that are real tokens (mask value 1) may be attended to by every query."""
     return attention_mask_BxS.astype(bool)[:, None, None, :]
-
-
-def causal_mask(length: int) -> jax.Array:
-    """Each query attends to itself and earlier positions."""
-    return jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
 
 
 def segment_mask(segment_ids_BxT: jax.Array) -> jax.Array:
