@@ -59,11 +59,11 @@ def _time_steps(step, steps: int, warmup: int = 2, reference=None) -> tuple[floa
     return _median(times), (_median(ref_times) if ref_times else None)
 
 
-def run_jax(kind: str, steps: int) -> dict:
+def run_jax(kind: str, steps: int, kernels: str = "auto") -> dict:
     import jax
 
-    from bertgpt_jax import configs, host_memory, models, sharding
-    from bertgpt_jax.training import optimizers, schedules, synthetic
+    from bertgpt_jax import configs, host_memory, models, sharding, tasks
+    from bertgpt_jax.training import optimizers, schedules
     from bertgpt_jax.training import state as state_lib
     from bertgpt_jax.training import step as step_lib
     from bertgpt_jax.training.inputs import place
@@ -72,19 +72,20 @@ def run_jax(kind: str, steps: int) -> dict:
     base = configs.get("bert-small" if kind == "bert" else "gpt2")
     cfg = base.replace(num_hidden_layers=shape["layers"], hidden_size=shape["hidden"],
                        num_attention_heads=shape["heads"], intermediate_size=4 * shape["hidden"],
-                       vocab_size=shape["vocab"])
-    model = models.from_config(cfg)
+                       vocab_size=shape["vocab"], kernels=kernels)
+    cfg = models.resolve_kernels(cfg)
+    preds = shape.get("preds", 1)
+    task = tasks.task_for(cfg, tasks.PretrainingData(dataset="synthetic", max_seq_length=shape["seq"],
+                                                     max_predictions_per_seq=preds))
     mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     sched = schedules.warmup_then_decay(1e-4, 10_000, 100)
     opt = optimizers.make_optimizer("adamw", sched)
-    preds = shape.get("preds", 1)
-    _, shardings = state_lib.abstract_state(model, cfg.is_bert, opt, mesh, shape["seq"], preds)
-    state = state_lib.create_state(model, cfg.is_bert, opt, mesh, shape["seq"], 0, preds, shardings=shardings)
-    it = synthetic.SyntheticIterator(cfg.model_type, shape["batch"], shape["seq"], cfg.vocab_size,
-                                     max_predictions_per_seq=preds)
-    batches = [place(next(it), mesh, shape["batch"], True) for _ in range(2)]
-    bs = step_lib.batch_shardings(mesh, {k: v.shape for k, v in batches[0].items()})
-    fn = step_lib.jit_train_step(step_lib.make_train_step(model, cfg.is_bert, opt, sched), mesh, shardings, bs)
+    _, shardings = state_lib.abstract_state(task, opt, mesh)
+    state = state_lib.create_state(task, opt, mesh, 0, shardings=shardings)
+    it = task.train_batches(shape["batch"], seed=0)
+    batches = [place(next(it), mesh, shape["batch"]) for _ in range(2)]
+    bs = step_lib.batch_shardings(mesh, batches[0])
+    fn = step_lib.jit_train_step(step_lib.make_train_step(task, opt, sched), mesh, shardings, bs)
     box = {"state": state, "i": 0}
 
     def step():
@@ -102,9 +103,8 @@ def run_jax(kind: str, steps: int) -> dict:
 
     seconds, matmul_seconds = _time_steps(step, steps, reference=reference)
     tokens = shape["batch"] * shape["seq"]
-    flops = models.flops_per_token(cfg, shape["seq"], preds if cfg.is_bert else None,
-                                   heads_only=not cfg.scan_layers) * tokens  # the work the step needs
-    out = {"side": f"jax_{kind}", "seconds_per_step": seconds, "tokens_per_sec": tokens / seconds,
+    flops = task.flops_per_token() * tokens  # the work the step needs
+    out = {"side": f"jax_{kind}", "kernels": cfg.kernels, "seconds_per_step": seconds, "tokens_per_sec": tokens / seconds,
            "model_gflops_per_sec": flops / seconds / 1e9, "peak_rss_mb": _peak_rss_mb(),
            "huge_pages": host_memory.TUNABLE in os.environ.get("GLIBC_TUNABLES", "")}
     if matmul_seconds is not None:
@@ -156,13 +156,14 @@ def run_torch(kind: str, steps: int) -> dict:
             "peak_rss_mb": _peak_rss_mb()}
 
 
-def _subprocess(side: str, steps: int) -> dict:
+def _subprocess(side: str, steps: int, kernels: str = "auto") -> dict:
     from bertgpt_jax import host_memory
 
     # Our side runs as the pretraining CLI runs it: with XLA's buffers on huge pages where the host allows it.
     # transformers' side runs as it runs by default.
     env = host_memory.with_huge_pages() if side.startswith("jax") and host_memory.wanted() else None
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--side", side, "--steps", str(steps)],
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--side", side, "--steps", str(steps),
+                          "--kernels", kernels],
                          capture_output=True, text=True, check=False, env=env,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if out.returncode != 0:
@@ -176,10 +177,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds over the four sides; each keeps its best")
     parser.add_argument("--side", choices=["jax_bert", "torch_bert", "jax_gpt", "torch_gpt"], help=argparse.SUPPRESS)
     parser.add_argument("--output", help="also write the results as JSON here")
+    parser.add_argument("--kernels", default="auto", choices=["auto", "xla", "cpu"],
+                        help="our side's backend kernels (bertgpt_jax/models/kernels.py): auto picks cpu here; "
+                             "xla is XLA's own autodiff, what TPUs run, for what the CPU kernels gain")
     args = parser.parse_args()
     if args.side:
         kind = args.side.split("_")[1]
-        result = run_jax(kind, args.steps) if args.side.startswith("jax") else run_torch(kind, args.steps)
+        result = run_jax(kind, args.steps, args.kernels) if args.side.startswith("jax") else run_torch(kind, args.steps)
         print(json.dumps(result))
         return
     # Rounds alternate the four sides, and each side keeps its fastest round: the host's speed drifts
@@ -187,7 +191,7 @@ def main() -> None:
     r = {}
     for _ in range(args.rounds):
         for side in ("jax_bert", "torch_bert", "jax_gpt", "torch_gpt"):
-            res = _subprocess(side, args.steps)
+            res = _subprocess(side, args.steps, args.kernels)
             if side not in r or res["tokens_per_sec"] > r[side]["tokens_per_sec"]:
                 r[side] = res
     summary = {

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from jax.sharding import AbstractMesh, AxisType
 
-from bertgpt_jax import configs, models, pretrain, sharding
-from bertgpt_jax.training import loop, optimizers, schedules
+from bertgpt_jax import cli, models, pretrain, sharding, tasks
+from bertgpt_jax.tasks.pretraining import PretrainingData
+from bertgpt_jax.training import config, loop
 from bertgpt_jax.training import state as state_lib
+from bertgpt_jax.training.config import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGFILES = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.flags")))
@@ -25,7 +27,7 @@ def _parse(path):
     os.chdir(ROOT)  # flagfiles name paths relative to the repository root, as the README runs them
     try:
         pretrain.F(["pretrain", f"--flagfile={path}"])
-        return pretrain.config_from_flags()
+        return cli.from_flags(TrainConfig, pretrain.F), cli.from_flags(PretrainingData, pretrain.F)
     finally:
         os.chdir(cwd)
         pretrain.F.unparse_flags()
@@ -45,21 +47,21 @@ def test_flagfile_builds_for_its_mesh(path):
     assert any("python -m bertgpt_jax.pretrain --flagfile=experiments/" in h for h in header), "command"
     assert any(h.startswith("# Hardware:") for h in header), "hardware"
     assert any("Result" in h for h in header), "expected result"
-    cfg = _parse(path)
+    cfg, data = _parse(path)
     os.chdir(ROOT)
-    model_cfg = configs.get(cfg.model).replace(dtype=cfg.dtype, param_dtype=cfg.param_dtype, remat=cfg.remat)
+    # The recipe's model as its target hardware builds it (a TPU here: XLA's own kernels).
+    model_cfg = config.model_config(cfg, platform="tpu")
+    task = tasks.task_for(model_cfg, data)
     shape = list(cfg.mesh_shape)
     if -1 in shape:  # demos take whatever devices there are
         shape[shape.index(-1)] = 8 // int(np.prod([s for s in shape if s != -1]))
     mesh = AbstractMesh(tuple(shape), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
-    loop.validate(cfg, model_cfg, mesh)
+    loop.validate(cfg, task, mesh)
     if "Hardware: TPU" in text:
         chips = int(np.prod(shape))
         assert re.search(rf"\({chips} chips", text), f"mesh of {chips} devices does not match the stated hardware"
-    opt = optimizers.make_optimizer(cfg.optimizer, schedules.warmup_then_decay(
-        cfg.learning_rate, cfg.num_train_steps, cfg.num_warmup_steps, cfg.schedule, cfg.schedule_power))
-    abstract, shardings = state_lib.abstract_state(models.from_config(model_cfg), model_cfg.is_bert, opt, mesh,
-                                                   cfg.max_seq_length, cfg.max_predictions_per_seq)
+    _, opt = loop.make_optimizer(cfg)
+    abstract, shardings = state_lib.abstract_state(task, opt, mesh)
     per_device = 0
     for leaf, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings)):
         split = 1

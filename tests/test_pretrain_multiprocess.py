@@ -8,8 +8,7 @@ import sys
 
 import numpy as np
 
-from bertgpt_jax.training import loop
-from tests.training_helpers import tiny_config_file
+from tests.training_helpers import run_pretraining, tiny_config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,9 +44,8 @@ def test_two_processes_give_the_losses_of_one(tmp_path):
     assert "'processes': 2" not in outputs[1]  # only process 0 reports
     two = _losses(out_dir / "metrics.jsonl")
 
-    one_cfg = loop.TrainConfig(output_dir=str(tmp_path / "one"), mesh_shape=(4, 2, 1), do_eval=False,
-                               progress_bar=False, tensorboard=False, plot=False, **common)
-    result = loop.run(one_cfg)
+    result = run_pretraining(output_dir=str(tmp_path / "one"), mesh_shape=(4, 2, 1), do_eval=False,
+                             progress_bar=False, tensorboard=False, plot=False, **common)
     assert result["processes"] == 1
     one = _losses(tmp_path / "one" / "metrics.jsonl")
     assert sorted(two) == sorted(one) == [1, 2, 3, 4]

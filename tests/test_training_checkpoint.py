@@ -1,7 +1,6 @@
 """Runs of the loop: bitwise resume after SIGTERM, restore onto other meshes, half-written checkpoints,
 best-checkpoint keeping, non-finite handling, metrics files."""
 
-import dataclasses
 import json
 import os
 import signal
@@ -10,11 +9,12 @@ import jax
 import numpy as np
 import pytest
 
-from bertgpt_jax import models, sharding
+from bertgpt_jax import sharding
+from bertgpt_jax.tasks.bert_pretraining import BertPretraining
 from bertgpt_jax.training import checkpointing, inputs, loop, optimizers, schedules
 from bertgpt_jax.training import state as state_lib
 from tests import pipeline_stores
-from tests.training_helpers import tiny_config, tiny_config_file
+from tests.training_helpers import run_pretraining, synthetic_task, tiny_config, tiny_config_file
 
 
 def _cfg(tmp_dir, name, **kw):
@@ -24,7 +24,7 @@ def _cfg(tmp_dir, name, **kw):
                 save_checkpoints_steps=4, mesh_shape=(8, 1, 1), do_eval=False, progress_bar=False,
                 tensorboard=False, plot=False)
     base.update(kw)
-    return loop.TrainConfig(**base)
+    return base
 
 
 def _losses(output_dir):
@@ -38,7 +38,6 @@ class _Hook:
 
     def __init__(self, it, action):
         self.it, self.action, self.n = it, action, 0
-        self.global_batch = getattr(it, "global_batch", False)
 
     def __next__(self):
         batch = next(self.it)
@@ -54,8 +53,8 @@ class _Hook:
 
 
 def _hooked(monkeypatch, action):
-    real = inputs.train_iterator
-    monkeypatch.setattr(inputs, "train_iterator", lambda *a, **k: _Hook(real(*a, **k), action))
+    real = BertPretraining.train_batches
+    monkeypatch.setattr(BertPretraining, "train_batches", lambda *a, **k: _Hook(real(*a, **k), action))
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +62,14 @@ def uninterrupted(tmp_path_factory):
     tmp = str(tmp_path_factory.mktemp("full"))
     cfg = _cfg(tmp, "full", do_eval=True, eval_every_steps=5, max_eval_steps=2, best_metric="eval/loss",
                tensorboard=True, plot=True)
-    result = loop.run(cfg)
+    result = run_pretraining(**cfg)
     return cfg, result
 
 
 def test_uninterrupted_run_writes_metrics_checkpoints_and_best(uninterrupted):
     cfg, result = uninterrupted
     assert result["stopped_by"] == "end" and result["final_step"] == 10
-    losses, records = _losses(cfg.output_dir)
+    losses, records = _losses(cfg['output_dir'])
     assert sorted(losses) == list(range(1, 11))
     for key in ("train/loss", "train/learning_rate", "train/tokens_per_sec", "train/mfu", "train/grad_norm"):
         assert all(key in r for r in records if "train/loss" in r), key
@@ -79,38 +78,38 @@ def test_uninterrupted_run_writes_metrics_checkpoints_and_best(uninterrupted):
     for r in evals.values():
         assert 0.0 <= r["eval/masked_lm_accuracy"] <= 1.0 and 0.0 <= r["eval/next_sentence_accuracy"] <= 1.0
     assert 0 < records[0]["train/mfu"] < 1.5 and records[0]["train/tokens_per_sec"] > 0
-    ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(cfg.output_dir))
+    ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(cfg['output_dir']))
     assert ckpt.all_steps() == [4, 8, 10]
     ckpt.close()
     best_step = min(evals, key=lambda s: evals[s]["eval/loss"])
-    assert os.listdir(os.path.join(cfg.output_dir, "best_checkpoint")) == [str(best_step)]
-    assert os.path.getsize(os.path.join(cfg.output_dir, "loss_curve.png")) > 1000
-    assert any(n.startswith("events.out.tfevents") for n in os.listdir(os.path.join(cfg.output_dir, "tensorboard")))
+    assert os.listdir(os.path.join(cfg['output_dir'], "best_checkpoint")) == [str(best_step)]
+    assert os.path.getsize(os.path.join(cfg['output_dir'], "loss_curve.png")) > 1000
+    assert any(n.startswith("events.out.tfevents") for n in os.listdir(os.path.join(cfg['output_dir'], "tensorboard")))
 
 
 def test_sigterm_saves_and_resume_is_bitwise_identical(uninterrupted, tmp_path, monkeypatch):
     full_cfg, _ = uninterrupted
-    cfg = dataclasses.replace(_cfg(str(tmp_path), "resumed"), model=full_cfg.model)
+    cfg = _cfg(str(tmp_path), "resumed", model=full_cfg["model"])
 
     def preempt(n, batch):
         if n == 6:
             os.kill(os.getpid(), signal.SIGTERM)
 
     _hooked(monkeypatch, preempt)
-    first = loop.run(cfg)
+    first = run_pretraining(**cfg)
     assert first["stopped_by"] == "sigterm"
     stopped_at = first["final_step"]
     assert 6 <= stopped_at < 10
-    ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(cfg.output_dir))
+    ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(cfg['output_dir']))
     assert ckpt.latest_step() == stopped_at
     ckpt.close()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed after the run
 
     monkeypatch.undo()
-    second = loop.run(cfg)
+    second = run_pretraining(**cfg)
     assert second["resumed_from"] == stopped_at and second["final_step"] == 10
-    expected, _ = _losses(full_cfg.output_dir)
-    got, _ = _losses(cfg.output_dir)
+    expected, _ = _losses(full_cfg['output_dir'])
+    got, _ = _losses(cfg['output_dir'])
     assert sorted(got) == list(range(1, 11))
     # Same parameters, optimizer state, dropout RNG and data position: the very same floats.
     assert [got[s] for s in range(1, 11)] == [expected[s] for s in range(1, 11)]
@@ -127,7 +126,7 @@ def test_resume_from_a_token_store_is_bitwise_identical(tmp_path, monkeypatch):
     tiny_config().replace(vocab_size=pipeline_stores.VOCAB_SIZE).save_hf(model)
     settings = dict(model=model, dataset=store, num_train_steps=8, save_checkpoints_steps=3)
     full = _cfg(str(tmp_path), "full", **settings)
-    loop.run(full)
+    run_pretraining(**full)
 
     def preempt(n, batch):
         if n == 5:
@@ -144,26 +143,26 @@ def test_resume_from_a_token_store_is_bitwise_identical(tmp_path, monkeypatch):
         return real_place(batch, *args)
 
     monkeypatch.setattr(inputs, "place", place)
-    first = loop.run(cfg)
+    first = run_pretraining(**cfg)
     assert first["stopped_by"] == "sigterm" and 5 <= first["final_step"] < 8
     monkeypatch.undo()
-    second = loop.run(cfg)
+    second = run_pretraining(**cfg)
     assert second["resumed_from"] == first["final_step"] and second["final_step"] == 8
-    expected, _ = _losses(full.output_dir)
-    got, _ = _losses(cfg.output_dir)
+    expected, _ = _losses(full['output_dir'])
+    got, _ = _losses(cfg['output_dir'])
     assert [got[s] for s in range(1, 9)] == [expected[s] for s in range(1, 9)]
     assert len(set(expected.values())) == 8  # the batches differ from step to step
 
 def _abstract(mesh):
     """The run's state layout on ``mesh`` (same model and optimizer as ``_cfg``)."""
     opt = optimizers.make_optimizer("adamw", schedules.warmup_then_decay(3e-3, 10, 2))
-    return state_lib.abstract_state(models.from_config(tiny_config()), True, opt, mesh, 32, 5)
+    return state_lib.abstract_state(synthetic_task(tiny_config(), 32, 5), opt, mesh)
 
 
 @pytest.mark.parametrize("mesh_shape,n_devices", [((2, 2, 2), 8), ((1, 1, 1), 1)])
 def test_restore_onto_another_mesh(uninterrupted, mesh_shape, n_devices):
     full_cfg, _ = uninterrupted
-    ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(full_cfg.output_dir))
+    ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(full_cfg['output_dir']))
     ref = ckpt.restore(_abstract(sharding.make_mesh((8, 1, 1)))[0])
     abstract, shardings = _abstract(sharding.make_mesh(mesh_shape, devices=jax.devices()[:n_devices]))
     other = ckpt.restore(abstract)
@@ -179,7 +178,7 @@ def test_half_written_checkpoint_is_never_restored(uninterrupted, tmp_path):
 
     full_cfg, _ = uninterrupted
     root = str(tmp_path / "ckpts")
-    shutil.copytree(checkpointing.checkpoint_dir(full_cfg.output_dir), root)
+    shutil.copytree(checkpointing.checkpoint_dir(full_cfg['output_dir']), root)
     # What a crash mid-save leaves: a temporary folder with part of the items, never renamed.
     partial = os.path.join(root, "12.orbax-checkpoint-tmp-1234567")
     os.makedirs(os.path.join(partial, "params"))
@@ -194,8 +193,8 @@ def test_half_written_checkpoint_is_never_restored(uninterrupted, tmp_path):
 def test_init_checkpoint_from_an_earlier_run(uninterrupted, tmp_path):
     full_cfg, _ = uninterrupted
     abstract, _ = _abstract(sharding.make_mesh((8, 1, 1)))
-    params = checkpointing.restore_params(full_cfg.output_dir, abstract.params)
-    ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(full_cfg.output_dir))
+    params = checkpointing.restore_params(full_cfg['output_dir'], abstract.params)
+    ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(full_cfg['output_dir']))
     final = ckpt.restore(abstract)
     ckpt.close()
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(final.params)):
@@ -214,8 +213,9 @@ def _poison(n, batch):
 def test_non_finite_loss_stops_or_skips(tmp_path, monkeypatch):
     _hooked(monkeypatch, _poison)
     with pytest.raises(loop.NonFiniteError, match="step 4: non-finite loss .* --nonfinite=skip"):
-        loop.run(_cfg(str(tmp_path), "stop", num_train_steps=6, save_checkpoints_steps=100))
-    result = loop.run(_cfg(str(tmp_path), "skip", num_train_steps=6, save_checkpoints_steps=100, nonfinite="skip"))
+        run_pretraining(**_cfg(str(tmp_path), "stop", num_train_steps=6, save_checkpoints_steps=100))
+    result = run_pretraining(**_cfg(str(tmp_path), "skip", num_train_steps=6, save_checkpoints_steps=100,
+                                    nonfinite="skip"))
     assert result["skipped_steps"] == 1 and result["final_step"] == 6
     losses, records = _losses(os.path.join(str(tmp_path), "skip"))
     assert not np.isfinite(losses[4]) and all(np.isfinite(losses[s]) for s in (1, 2, 3, 5, 6))
@@ -225,13 +225,12 @@ def test_non_finite_loss_stops_or_skips(tmp_path, monkeypatch):
 def test_init_checkpoint_from_a_real_hf_bert(minilm_dir):
     from bertgpt_jax import configs
 
-    model_cfg = configs.get(minilm_dir)
-    model = models.from_config(model_cfg)
+    task = synthetic_task(configs.get(minilm_dir), 32, 5)
     mesh = sharding.make_mesh((2, 2, 2))
     opt = optimizers.make_optimizer("adamw", 1e-4)
-    abstract, shardings = state_lib.abstract_state(model, True, opt, mesh, 32, 5)
-    params = loop._load_init_params(minilm_dir, abstract.params, model_cfg)
-    state = state_lib.create_state(model, True, opt, mesh, 32, seed=0, max_predictions=5, shardings=shardings)
+    abstract, shardings = state_lib.abstract_state(task, opt, mesh)
+    params = task.load_init_params(minilm_dir, abstract.params)
+    state = state_lib.create_state(task, opt, mesh, seed=0, shardings=shardings)
     state = state_lib.with_params(state, params, shardings)
     from safetensors.numpy import load_file
 
@@ -241,7 +240,7 @@ def test_init_checkpoint_from_a_real_hf_bert(minilm_dir):
     np.testing.assert_array_equal(np.asarray(table), hf[key])
     assert table.sharding == shardings.params["embeddings"]["word_embeddings"]["embedding"]
     with pytest.raises(ValueError, match="init_checkpoint .* has hidden_size=384, but the model has"):
-        loop._load_init_params(minilm_dir, abstract.params, tiny_config())
+        synthetic_task(tiny_config(), 32, 5).load_init_params(minilm_dir, abstract.params)
 
 
 def test_rerunning_a_finished_run_only_evaluates(uninterrupted, tmp_path):
@@ -249,7 +248,7 @@ def test_rerunning_a_finished_run_only_evaluates(uninterrupted, tmp_path):
 
     full_cfg, result = uninterrupted
     out = str(tmp_path / "again")
-    shutil.copytree(full_cfg.output_dir, out)
-    again = loop.run(dataclasses.replace(full_cfg, output_dir=out, plot=False, tensorboard=False))
+    shutil.copytree(full_cfg['output_dir'], out)
+    again = run_pretraining(**{**full_cfg, "output_dir": out, "plot": False, "tensorboard": False})
     assert again["resumed_from"] == 10 and again["final_step"] == 10
     assert again["eval/loss"] == result["eval/loss"]  # the same parameters, the same validation batches

@@ -1,62 +1,67 @@
-"""The sharded train step: learning, mesh-independence, gradient accumulation, non-finite guard."""
+"""The sharded train step: learning, mesh-independence, gradient accumulation, non-finite guard.
+
+Each end-to-end test runs with both kernel paths: ``cpu`` (the custom gradients XLA:CPU runs) and ``xla``
+(XLA's own autodiff, what TPUs and GPUs run).
+"""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bertgpt_jax import models, sharding
-from bertgpt_jax.training import optimizers, schedules, synthetic
+from bertgpt_jax import sharding
+from bertgpt_jax.training import optimizers, schedules
 from bertgpt_jax.training import state as state_lib
 from bertgpt_jax.training import step as step_lib
 from bertgpt_jax.training.inputs import place
-from tests.training_helpers import tiny_config
+from tests.training_helpers import synthetic_task, tiny_config
 
 SEQ, PRED, BATCH = 32, 5, 16
+KERNELS = ["cpu", "xla"]
 
 
-def _train(model_type, mesh_shape, steps, *, devices=None, accum=1, lr=2e-3, optimizer="adamw", dropout=0.0,
-           batches=None, on_step=None):
-    cfg = tiny_config(model_type, dropout=dropout)
-    model = models.from_config(cfg)
+def _train(model_type, mesh_shape, steps, *, kernels="cpu", devices=None, accum=1, lr=2e-3, optimizer="adamw",
+           dropout=0.0, poison_at=None, on_step=None):
+    task = synthetic_task(tiny_config(model_type, dropout=dropout, kernels=kernels), SEQ, PRED)
     mesh = sharding.make_mesh(mesh_shape, devices=devices)
     sched = schedules.warmup_then_decay(lr, 100, 5)
     opt = optimizers.make_optimizer(optimizer, sched)
-    _, shardings = state_lib.abstract_state(model, cfg.is_bert, opt, mesh, SEQ, PRED)
-    state = state_lib.create_state(model, cfg.is_bert, opt, mesh, SEQ, seed=0, max_predictions=PRED,
-                                   shardings=shardings)
-    it = batches or synthetic.SyntheticIterator(model_type, BATCH, SEQ, cfg.vocab_size, max_predictions_per_seq=PRED)
-    first = next(it)
-    bs = step_lib.batch_shardings(mesh, {k: v.shape for k, v in first.items()})
-    fn = step_lib.jit_train_step(step_lib.make_train_step(model, cfg.is_bert, opt, sched,
-                                                          step_lib.StepConfig(grad_accum_steps=accum)),
+    _, shardings = state_lib.abstract_state(task, opt, mesh)
+    state = state_lib.create_state(task, opt, mesh, seed=0, shardings=shardings)
+    it = task.train_batches(BATCH, seed=0)
+    bs = step_lib.batch_shardings(mesh, task.example_batch(BATCH))
+    fn = step_lib.jit_train_step(step_lib.make_train_step(task, opt, sched, step_lib.StepConfig(grad_accum_steps=accum)),
                                  mesh, shardings, bs)
-    losses, batch = [], first
-    for _ in range(steps):
-        state, m = fn(state, place(batch, mesh, BATCH, True))
+    losses = []
+    for i in range(steps):
+        batch = next(it)
+        if i == poison_at:  # a NaN masked-LM weight poisons the loss and the gradients
+            batch["masked_lm_weights"] = batch["masked_lm_weights"].copy()
+            batch["masked_lm_weights"][0, 0] = np.nan
+        state, m = fn(state, place(batch, mesh, BATCH))
         losses.append(float(m["loss"]))
         if on_step is not None:
             on_step(state)
-        batch = next(it)
     return np.array(losses), state, m
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("model_type,steps,lr,ratio", [("bert", 60, 1e-2, 0.88), ("gpt2", 40, 5e-3, 0.75)])
-def test_loss_falls(model_type, steps, lr, ratio):
-    losses, state, _ = _train(model_type, (2, 2, 2), steps, lr=lr, dropout=0.1)
+def test_loss_falls(model_type, steps, lr, ratio, kernels):
+    losses, state, _ = _train(model_type, (2, 2, 2), steps, lr=lr, dropout=0.1, kernels=kernels)
     assert int(state.step) == steps
     assert losses[-8:].mean() < ratio * losses[:8].mean(), losses
 
 
 def test_params_are_born_sharded():
     cfg = tiny_config("gpt2")
-    model = models.from_config(cfg)
+    task = synthetic_task(cfg, SEQ)
     mesh = sharding.make_mesh((2, 2, 2))
     opt = optimizers.make_optimizer("adamw", 1e-3)
-    abstract, shardings = state_lib.abstract_state(model, False, opt, mesh, SEQ)
+    abstract, shardings = state_lib.abstract_state(task, opt, mesh)
     wte = shardings.params["wte"]["embedding"]
     assert wte.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
-    state = state_lib.create_state(model, False, opt, mesh, SEQ, seed=0, shardings=shardings)
+    state = state_lib.create_state(task, opt, mesh, seed=0, shardings=shardings)
     table = state.params["wte"]["embedding"]
     assert table.sharding == wte
     assert {s.data.shape for s in table.addressable_shards} == {(cfg.vocab_size // 2, cfg.hidden_size // 2)}
@@ -65,35 +70,21 @@ def test_params_are_born_sharded():
     assert mu.sharding.spec == wte.spec
 
 
-def test_mesh_shape_and_accumulation_do_not_change_the_losses():
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_mesh_shape_and_accumulation_do_not_change_the_losses(kernels):
     # One device, whole batch vs a data x fsdp x tensor = 2x2x2 mesh with two accumulated microbatches.
-    one, s1, _ = _train("bert", (1, 1, 1), 3, devices=jax.devices()[:1])
-    eight, s8, _ = _train("bert", (2, 2, 2), 3, accum=2)
+    one, s1, _ = _train("bert", (1, 1, 1), 3, devices=jax.devices()[:1], kernels=kernels)
+    eight, s8, _ = _train("bert", (2, 2, 2), 3, accum=2, kernels=kernels)
     np.testing.assert_allclose(one, eight, rtol=2e-5)
     assert one[-1] < one[0]
     for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
 
 
-class _PoisonAt:
-    """Synthetic batches, with a NaN masked-LM weight in batch ``index`` (poisons loss and gradients)."""
-
-    def __init__(self, index):
-        self.it = synthetic.SyntheticIterator("bert", BATCH, SEQ, 96, max_predictions_per_seq=PRED)
-        self.index, self.n = index, 0
-
-    def __next__(self):
-        batch = next(self.it)
-        if self.n == self.index:
-            batch["masked_lm_weights"] = batch["masked_lm_weights"].copy()
-            batch["masked_lm_weights"][0, 0] = np.nan
-        self.n += 1
-        return batch
-
-
-def test_non_finite_step_leaves_weights_untouched():
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_non_finite_step_leaves_weights_untouched(kernels):
     seen = []
-    _, after, m = _train("bert", (8, 1, 1), 3, batches=_PoisonAt(2), on_step=lambda st: seen.append(
+    _, after, m = _train("bert", (8, 1, 1), 3, kernels=kernels, poison_at=2, on_step=lambda st: seen.append(
         jax.tree.map(np.asarray, (st.params, st.opt_state))))
     assert not bool(m["finite"]) and not np.isfinite(float(m["loss"]))
     assert int(after.step) == 3
@@ -102,4 +93,31 @@ def test_non_finite_step_leaves_weights_untouched():
         np.testing.assert_array_equal(a, np.asarray(b))
     for a, b in zip(jax.tree.leaves(before_opt), jax.tree.leaves(after.opt_state)):
         np.testing.assert_array_equal(a, np.asarray(b))
-    assert bool(seen[0] is not None) and all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(after.params))
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(after.params))
+
+
+def _step_jaxpr(kernels: str) -> str:
+    task = synthetic_task(tiny_config("bert", kernels=kernels), SEQ, PRED)
+    opt = optimizers.make_optimizer("adamw", 1e-3)
+    mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+    abstract, _ = state_lib.abstract_state(task, opt, mesh)
+    batch = jax.tree.map(jnp.asarray, task.example_batch(BATCH))
+    return str(jax.make_jaxpr(step_lib.make_train_step(task, opt, lambda s: 1e-3))(abstract, batch))
+
+
+def test_the_xla_path_compiles_no_cpu_conditionals():
+    # What a TPU or GPU compiles: one conditional (the non-finite guard), none of the CPU path's copies.
+    assert _step_jaxpr("xla").count("cond[") == 1
+    assert _step_jaxpr("cpu").count("cond[") > 1
+
+
+def test_kernels_are_chosen_for_the_platform_the_model_is_built_for():
+    from bertgpt_jax import models
+
+    cfg = tiny_config("bert")
+    assert models.resolve_kernels(cfg, "tpu").kernels == "xla"
+    assert models.resolve_kernels(cfg, "cpu").kernels == "cpu"
+    assert models.resolve_kernels(cfg.replace(dtype="bfloat16"), "gpu").kernels == "cudnn"
+    assert models.resolve_kernels(cfg, "gpu").kernels == "xla"  # cuDNN flash attention needs 16-bit inputs
+    assert models.resolve_kernels(cfg.replace(kernels="xla"), "cpu").kernels == "xla"  # an explicit choice stays
+    assert models.from_config(cfg, platform="tpu").cfg.kernels == "xla"

@@ -1,9 +1,8 @@
-"""The pretraining run: build mesh, model, state and data; train with periodic logging, evaluation and
+"""The training run of any task: build mesh, state and data; train with periodic logging, evaluation and
 checkpoints; resume where a previous run stopped; save and exit cleanly on SIGTERM."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import time
@@ -11,70 +10,25 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import numpy as np
 from absl import logging
 
-from bertgpt_jax import configs, models, sharding
-from bertgpt_jax.training import checkpointing, inputs, losses, metrics, optimizers, schedules
+from bertgpt_jax import models, sharding
+from bertgpt_jax.tasks.base import Task
+from bertgpt_jax.training import checkpointing, inputs, metrics, optimizers, schedules
 from bertgpt_jax.training import state as state_lib
 from bertgpt_jax.training import step as step_lib
-
-NONFINITE_MODES = ("stop", "skip")
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything a pretraining run needs; ``pretrain.py`` fills it from flags."""
-
-    output_dir: str
-    model: str = "bert-tiny"
-    dataset: str = inputs.SYNTHETIC
-    init_checkpoint: str | None = None
-    max_seq_length: int = 128
-    max_predictions_per_seq: int = 20
-    train_batch_size: int = 32
-    eval_batch_size: int = 8
-    learning_rate: float = 1e-4
-    num_train_steps: int = 1000
-    num_warmup_steps: int = 0
-    schedule: str = "linear"
-    schedule_power: float = 1.0
-    optimizer: str = "adamw"
-    weight_decay: float = 0.01
-    adam_b1: float = 0.9
-    adam_b2: float = 0.999
-    adam_eps: float = 1e-6
-    clip_grad_norm: float = 1.0
-    grad_accum_steps: int = 1
-    do_train: bool = True
-    do_eval: bool = True
-    eval_every_steps: int = 0  # 0: evaluate once, at the end
-    max_eval_steps: int = 20
-    log_every_steps: int = 10
-    save_checkpoints_steps: int = 1000
-    keep_checkpoints: int = 3
-    async_checkpoints: bool = True
-    best_metric: str | None = None  # e.g. "eval/loss": keep the best parameters in best_checkpoint/
-    best_mode: str = "min"
-    mesh_shape: tuple[int, int, int] = (-1, 1, 1)
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    remat: str = "none"
-    dropout: float | None = None  # overrides the model's hidden and attention dropout
-    seed: int = 0
-    nonfinite: str = "stop"
-    progress_bar: bool = True
-    tensorboard: bool = True
-    plot: bool = True
+from bertgpt_jax.training.config import DEFAULT_WARMUP_STEPS, NONFINITE_MODES, TrainConfig
 
 
 class NonFiniteError(FloatingPointError):
     """A step produced a non-finite loss or gradient; the update was not applied."""
 
 
-def validate(cfg: TrainConfig, model_cfg: configs.ModelConfig, mesh: jax.sharding.Mesh) -> None:
+def validate(cfg: TrainConfig, task: Task, mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh) -> None:
     """Fails at once, naming the setting that is wrong and what would be right."""
     dp = sharding.data_parallel_size(mesh)
+    if not cfg.output_dir:
+        raise ValueError("output_dir is required: where checkpoints and metrics go")
     if cfg.train_batch_size <= 0 or cfg.eval_batch_size <= 0:
         raise ValueError(f"train_batch_size ({cfg.train_batch_size}) and eval_batch_size ({cfg.eval_batch_size}) "
                          "must be positive")
@@ -90,35 +44,25 @@ def validate(cfg: TrainConfig, model_cfg: configs.ModelConfig, mesh: jax.shardin
     if cfg.do_eval and cfg.eval_batch_size % dp:
         raise ValueError(f"eval_batch_size {cfg.eval_batch_size} is not divisible by the {dp} data-parallel "
                          f"shards (mesh data x fsdp); use a multiple of {dp}")
-    if cfg.max_seq_length > model_cfg.max_position_embeddings:
-        raise ValueError(f"max_seq_length {cfg.max_seq_length} exceeds the model's max_position_embeddings "
-                         f"{model_cfg.max_position_embeddings}")
-    if model_cfg.is_bert and not 0 < cfg.max_predictions_per_seq <= cfg.max_seq_length:
-        raise ValueError(f"max_predictions_per_seq {cfg.max_predictions_per_seq} must lie in "
-                         f"[1, max_seq_length={cfg.max_seq_length}]")
     if cfg.nonfinite not in NONFINITE_MODES:
         raise ValueError(f"nonfinite {cfg.nonfinite!r} is not one of {NONFINITE_MODES}")
     if cfg.log_every_steps <= 0:
         raise ValueError(f"log_every_steps must be positive, got {cfg.log_every_steps}")
     if cfg.save_checkpoints_steps <= 0:
         raise ValueError(f"save_checkpoints_steps must be positive, got {cfg.save_checkpoints_steps}")
+    task.check()
 
 
-def model_config(cfg: TrainConfig) -> configs.ModelConfig:
-    """The model config with the run's precision, remat and dropout, and the store's vocabulary size."""
-    model_cfg = configs.get(cfg.model).replace(dtype=cfg.dtype, param_dtype=cfg.param_dtype, remat=cfg.remat)
-    if cfg.dropout is not None:
-        model_cfg = model_cfg.replace(hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout)
-    vocab = inputs.store_vocab_size(cfg.dataset)
-    if vocab is not None and vocab != model_cfg.vocab_size:
-        if cfg.model.lower() in configs.PRESETS or cfg.model.lower() in configs.ALIASES:
-            logging.info("vocab_size %d of preset %s replaced by the token store's %d", model_cfg.vocab_size,
-                         cfg.model, vocab)
-            model_cfg = model_cfg.replace(vocab_size=vocab)
-        else:
-            raise ValueError(f"model config {cfg.model} has vocab_size {model_cfg.vocab_size} but the token store "
-                             f"{cfg.dataset} was tokenized with {vocab} ids; they must match")
-    return model_cfg
+def make_optimizer(cfg: TrainConfig):
+    """``(schedule, optimizer)`` as the settings say."""
+    if cfg.num_warmup_steps is None and cfg.warmup_steps < DEFAULT_WARMUP_STEPS:
+        logging.warning("num_warmup_steps not given: warming up over all %d steps (the default %d capped at "
+                        "num_train_steps)", cfg.warmup_steps, DEFAULT_WARMUP_STEPS)
+    schedule = schedules.warmup_then_decay(cfg.learning_rate, cfg.num_train_steps, cfg.warmup_steps,
+                                           cfg.schedule, cfg.schedule_power)
+    optimizer = optimizers.make_optimizer(cfg.optimizer, schedule, weight_decay=cfg.weight_decay, b1=cfg.adam_beta1,
+                                          b2=cfg.adam_beta2, eps=cfg.adam_epsilon)
+    return schedule, optimizer
 
 
 class _Preemption:
@@ -143,63 +87,40 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _load_init_params(path: str, abstract_params: Any, model_cfg: configs.ModelConfig) -> Any:
-    if os.path.exists(os.path.join(path, "config.json")) and not os.path.isdir(os.path.join(path, "checkpoints")):
-        from bertgpt_jax import convert
-
-        # A BertModel checkpoint (no MLM/NSP heads) gets fresh heads: continued pretraining on domain text.
-        hf_cfg, params = convert.from_hf(path, init_missing_heads=True, scan_layers=model_cfg.scan_layers)
-        for field in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "model_type"):
-            if getattr(hf_cfg, field) != getattr(model_cfg, field):
-                raise ValueError(f"init_checkpoint {path} has {field}={getattr(hf_cfg, field)}, but the model has "
-                                 f"{getattr(model_cfg, field)}; pass --model={path} to train its architecture")
-        return params
-    return checkpointing.restore_params(path, abstract_params)
-
-
-def evaluate(eval_step, params, cfg: TrainConfig, model_cfg: configs.ModelConfig, mesh: jax.sharding.Mesh) -> dict:
-    """Loss and accuracies over ``max_eval_steps`` validation batches, as ``eval/...`` keys."""
-    it = inputs.eval_iterator(cfg.dataset, model_cfg.model_type, cfg.eval_batch_size, cfg.max_seq_length,
-                              model_cfg.vocab_size, cfg.max_predictions_per_seq, cfg.seed)
-    is_global = getattr(it, "global_batch", False)
+def evaluate(eval_step, params, cfg: TrainConfig, task: Task, mesh: jax.sharding.Mesh) -> dict:
+    """The task's metrics over ``max_eval_steps`` evaluation batches, as ``eval/...`` keys."""
+    it = task.eval_batches(cfg.eval_batch_size, cfg.seed)
     total: dict[str, float] = {}
     for _ in range(cfg.max_eval_steps):
         try:
             raw = next(it)
         except StopIteration:
             break
-        sums = jax.device_get(eval_step(params, inputs.place(raw, mesh, cfg.eval_batch_size, is_global)))
+        sums = jax.device_get(eval_step(params, inputs.place(raw, mesh, cfg.eval_batch_size)))
         for k, v in sums.items():
             total[k] = total.get(k, 0.0) + float(v)
     if not total:
-        raise ValueError(f"the validation split of {cfg.dataset} yielded no batch of {cfg.eval_batch_size}")
-    return {f"eval/{k}": v for k, v in losses.summarize(total).items()}
+        raise ValueError(f"the evaluation data yielded no batch of {cfg.eval_batch_size}")
+    return {f"eval/{k}": v for k, v in task.summarize(total).items()}
 
 
-def run(cfg: TrainConfig) -> dict:
-    """Trains and/or evaluates as ``cfg`` says. Returns the last train and eval figures (and ``stopped_by``)."""
+def run(cfg: TrainConfig, task: Task) -> dict:
+    """Trains and/or evaluates ``task`` as ``cfg`` says. Returns the last train and eval figures (and
+    ``stopped_by``)."""
     mesh = sharding.make_mesh(cfg.mesh_shape)
-    model_cfg = model_config(cfg)
-    validate(cfg, model_cfg, mesh)
-    model = models.from_config(model_cfg)
-    is_bert = model_cfg.is_bert
-    schedule = schedules.warmup_then_decay(cfg.learning_rate, cfg.num_train_steps, cfg.num_warmup_steps,
-                                           cfg.schedule, cfg.schedule_power)
-    optimizer = optimizers.make_optimizer(cfg.optimizer, schedule, weight_decay=cfg.weight_decay, b1=cfg.adam_b1,
-                                          b2=cfg.adam_b2, eps=cfg.adam_eps)
-    abstract, shardings = state_lib.abstract_state(model, is_bert, optimizer, mesh, cfg.max_seq_length,
-                                                   cfg.max_predictions_per_seq)
+    validate(cfg, task, mesh)
+    schedule, optimizer = make_optimizer(cfg)
+    abstract, shardings = state_lib.abstract_state(task, optimizer, mesh)
     if jax.process_index() == 0:
         os.makedirs(cfg.output_dir, exist_ok=True)
 
-    train_it = inputs.train_iterator(cfg.dataset, model_cfg.model_type, cfg.train_batch_size, cfg.max_seq_length,
-                                     model_cfg.vocab_size, cfg.max_predictions_per_seq, cfg.seed)
-    ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(cfg.output_dir), max_to_keep=cfg.keep_checkpoints,
+    train_it = task.train_batches(cfg.train_batch_size, cfg.seed)
+    ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(cfg.output_dir), max_to_keep=cfg.keep_checkpoint_max,
                                       data_iter=train_it, async_save=cfg.async_checkpoints,
                                       best_metric=cfg.best_metric, best_mode=cfg.best_mode)
     writer = metrics.MetricsWriter(cfg.output_dir, tensorboard=cfg.tensorboard)
     try:
-        return _run(cfg, model_cfg, model, mesh, schedule, optimizer, abstract, shardings, train_it, ckpt, writer)
+        return _run(cfg, task, mesh, schedule, optimizer, abstract, shardings, train_it, ckpt, writer)
     finally:
         ckpt.close()
         writer.close()
@@ -207,37 +128,33 @@ def run(cfg: TrainConfig) -> dict:
             metrics.plot_loss_curve(writer.path, os.path.join(cfg.output_dir, "loss_curve.png"))
 
 
-def _run(cfg, model_cfg, model, mesh, schedule, optimizer, abstract, shardings, train_it, ckpt, writer) -> dict:
-    is_bert = model_cfg.is_bert
+def _run(cfg, task, mesh, schedule, optimizer, abstract, shardings, train_it, ckpt, writer) -> dict:
     resumed_from = ckpt.latest_step()
     if resumed_from is not None:
         logging.info("resuming from %s step %d", ckpt.directory, resumed_from)
         state = ckpt.restore(abstract, resumed_from)
     else:
-        state = state_lib.create_state(model, is_bert, optimizer, mesh, cfg.max_seq_length, cfg.seed,
-                                       cfg.max_predictions_per_seq, shardings=shardings)
+        state = state_lib.create_state(task, optimizer, mesh, cfg.seed, shardings=shardings)
         if cfg.init_checkpoint:
-            params = _load_init_params(cfg.init_checkpoint, abstract.params, model_cfg)
+            params = task.load_init_params(cfg.init_checkpoint, abstract.params)
             state = state_lib.with_params(state, params, shardings)
             logging.info("initialised parameters from %s", cfg.init_checkpoint)
 
-    is_global = getattr(train_it, "global_batch", False)
-    first = next(train_it)
-    shapes = {k: (cfg.train_batch_size,) + np.asarray(v).shape[1:] for k, v in first.items()}
-    batch_shard = step_lib.batch_shardings(mesh, shapes)
-    eval_step = step_lib.make_eval_step(model, is_bert, mesh, shardings.params)
-    n_params = state_lib.param_count(state.params)
+    batch_shard = step_lib.batch_shardings(mesh, task.example_batch(cfg.train_batch_size))
+    eval_step = step_lib.make_eval_step(task, mesh)
+    n_params = models.count_params(state.params)
     report = {"params": n_params, "state_bytes_per_device": metrics.bytes_per_device(state),
               "devices": jax.device_count(), "processes": jax.process_count(), "mesh": dict(mesh.shape)}
-    result: dict[str, Any] = {"stopped_by": "end", "resumed_from": resumed_from, **report}
+    result: dict[str, Any] = {"stopped_by": "end", "resumed_from": resumed_from,
+                              "headline_metrics": task.headline_metrics, **report}
 
     start = int(jax.device_get(state.step))
     if cfg.do_train and start < cfg.num_train_steps:
         train_step = step_lib.jit_train_step(
-            step_lib.make_train_step(model, is_bert, optimizer, schedule,
+            step_lib.make_train_step(task, optimizer, schedule,
                                      step_lib.StepConfig(cfg.grad_accum_steps, cfg.clip_grad_norm)),
             mesh, shardings, batch_shard)
-        batch = inputs.place(first, mesh, cfg.train_batch_size, is_global)
+        batch = inputs.place(next(train_it), mesh, cfg.train_batch_size)
         t0 = time.perf_counter()
         with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
             compiled = train_step.jitted.lower(state, batch).compile()
@@ -245,32 +162,29 @@ def _run(cfg, model_cfg, model, mesh, schedule, optimizer, abstract, shardings, 
         mem = compiled.memory_analysis()
         if mem is not None:
             report["step_temp_bytes_per_device"] = int(getattr(mem, "temp_size_in_bytes", 0))
-        tokens_per_step = cfg.train_batch_size * cfg.max_seq_length
-        flops_per_step = models.flops_per_token(model_cfg, cfg.max_seq_length,
-                                                cfg.max_predictions_per_seq if is_bert else None,
-                                                heads_only=not model_cfg.scan_layers) * tokens_per_step
+        tokens_per_step = cfg.train_batch_size * task.seq_len
+        flops_per_step = task.flops_per_token() * tokens_per_step
         peak, peak_source = metrics.peak_flops_per_device()
         report["peak_flops_total"] = peak * jax.device_count()
         logging.info("model %s: %s parameters, %.1f MB state per device, mesh %s, step compiled in %.1fs; "
                      "MFU against %s (%.1f GFLOP/s per device)", cfg.model, f"{n_params:,}",
                      report["state_bytes_per_device"] / 2**20, dict(mesh.shape), report["compile_seconds"],
                      peak_source, peak / 1e9)
-        _print(f"[pretrain] {model_cfg.model_type} {cfg.model}: {n_params:,} params, "
+        _print(f"[{type(task).__name__}] {cfg.model}: {n_params:,} params, "
                f"{report['state_bytes_per_device'] / 2**20:.1f} MB state/device, mesh {dict(mesh.shape)}, "
-               f"compiled in {report['compile_seconds']}s")
-        result.update(_train_loop(cfg, model_cfg, compiled, state, batch, train_it, ckpt, writer, eval_step,
-                                  mesh, is_global, start, tokens_per_step, flops_per_step,
-                                  report["peak_flops_total"]))
+               f"kernels {task.model_cfg.kernels}, compiled in {report['compile_seconds']}s")
+        result.update(_train_loop(cfg, task, compiled, state, batch, train_it, ckpt, writer, eval_step, mesh, start,
+                                  tokens_per_step, flops_per_step, report["peak_flops_total"]))
         state = result.pop("state")
     if cfg.do_eval and result["stopped_by"] == "end":
         step = int(jax.device_get(state.step))
         if result.get("last_eval_step") != step:
-            ev = evaluate(eval_step, state.params, cfg, model_cfg, mesh)
+            ev = evaluate(eval_step, state.params, cfg, task, mesh)
             writer.write(step, ev)
             ckpt.save_best(step, state.params, ev)
             result.update(ev)
         ev = {k: v for k, v in result.items() if k.startswith("eval/")}
-        _print("[pretrain] eval at step %d: %s" % (step, ", ".join(f"{k} {v:.4f}" for k, v in ev.items())))
+        _print(f"[{type(task).__name__}] eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()))
     result["final_step"] = int(jax.device_get(state.step))
     return result
 
@@ -280,7 +194,7 @@ def _print(line: str) -> None:
         print(line, flush=True)
 
 
-def _train_loop(cfg, model_cfg, compiled, state, batch, train_it, ckpt, writer, eval_step, mesh, is_global, start,
+def _train_loop(cfg, task, compiled, state, batch, train_it, ckpt, writer, eval_step, mesh, start,
                 tokens_per_step, flops_per_step, peak_total) -> dict:
     out: dict[str, Any] = {"stopped_by": "end"}
     bar = None
@@ -307,13 +221,12 @@ def _train_loop(cfg, model_cfg, compiled, state, batch, train_it, ckpt, writer, 
             now = time.perf_counter()
             elapsed = max(now - last_time, 1e-9)
             n = max(step_no - last_step, 1)
-            tps = n * tokens_per_step / elapsed
             record = {"train/loss": float(m["loss"]), "train/learning_rate": float(m["learning_rate"]),
-                      "train/grad_norm": float(m["grad_norm"]), "train/tokens_per_sec": tps,
+                      "train/grad_norm": float(m["grad_norm"]), "train/tokens_per_sec": n * tokens_per_step / elapsed,
                       "train/step_time": elapsed / n, "train/mfu": n * flops_per_step / elapsed / peak_total,
                       "train/skipped_steps": skipped}
-            record.update({f"train/{k}": v for k, v in losses.summarize(
-                {k: float(v) for k, v in m.items() if k.endswith(("_sum", "_count"))}).items() if k != "loss"})
+            sums = {k: float(v) for k, v in m.items() if k.endswith(("_sum", "_count"))}
+            record.update({f"train/{k}": v for k, v in task.summarize(sums).items() if k != "loss"})
             out["train/loss"] = record["train/loss"]
             last_time, last_step = now, step_no
         else:
@@ -340,10 +253,11 @@ def _train_loop(cfg, model_cfg, compiled, state, batch, train_it, ckpt, writer, 
                 handle(step_no, dev_metrics)
                 ckpt.wait()
                 out["stopped_by"] = "sigterm"
-                _print(f"[pretrain] SIGTERM: saved checkpoint at step {step_no} in {ckpt.directory}; exiting")
+                _print(f"[{type(task).__name__}] SIGTERM: saved checkpoint at step {step_no} in {ckpt.directory}; "
+                       "exiting")
                 break
             if step_no < cfg.num_train_steps:
-                batch = inputs.place(next(train_it), mesh, cfg.train_batch_size, is_global)
+                batch = inputs.place(next(train_it), mesh, cfg.train_batch_size)
             if pending is not None:
                 handle(*pending)
             pending = (step_no, dev_metrics)
@@ -351,7 +265,7 @@ def _train_loop(cfg, model_cfg, compiled, state, batch, train_it, ckpt, writer, 
                 bar.update(1)
             if cfg.do_eval and cfg.eval_every_steps and step_no % cfg.eval_every_steps == 0:
                 t_eval = time.perf_counter()
-                ev = evaluate(eval_step, state.params, cfg, model_cfg, mesh)
+                ev = evaluate(eval_step, state.params, cfg, task, mesh)
                 last_time += time.perf_counter() - t_eval  # evaluation time is not training time
                 handle(*pending, extra=ev)
                 pending = None

@@ -1,4 +1,4 @@
-"""The jit-compiled train and eval steps: one function for every mesh shape, state donated.
+"""The jit-compiled train and eval steps: one function for every mesh shape and every task, state donated.
 
 Gradient accumulation scans over microbatches; the loss is normalised by the whole batch's counts so any
 number of microbatches gives the same gradient. A non-finite loss or gradient leaves the weights
@@ -16,42 +16,15 @@ import jax.numpy as jnp
 import optax
 
 from bertgpt_jax import sharding
-from bertgpt_jax.models import layers
-from bertgpt_jax.training import losses
+from bertgpt_jax.tasks.base import Task
 from bertgpt_jax.training.state import TrainState
-
-BERT_FEATURES = ("input_ids", "input_mask", "segment_ids", "masked_lm_positions", "masked_lm_ids",
-                 "masked_lm_weights", "next_sentence_labels")
-GPT_FEATURES = ("input_ids", "targets")
-GPT_OPTIONAL_FEATURES = ("segment_ids", "position_ids")
-
-
-def model_sums(model: nn.Module, is_bert: bool, params: Any, batch: dict, *, deterministic: bool,
-               dropout_rng: jax.Array | None = None) -> dict:
-    """Forward pass plus loss sums/counts (see ``losses``)."""
-    rngs = None if deterministic else {"dropout": dropout_rng}
-    if is_bert:
-        out = model.apply({"params": params}, batch["input_ids"], attention_mask=batch["input_mask"],
-                          token_type_ids=batch["segment_ids"], masked_lm_positions=batch["masked_lm_positions"],
-                          deterministic=deterministic, rngs=rngs, return_mlm_logits=False, heads_only=True)
-        # heads_only: the last layer runs only at [CLS] and the masked positions, all the losses read.
-        # The decoder is the token table (tied), applied inside the fused MLM loss with the same view of
-        # it as Embedding.attend.
-        table = layers.whole_features(params["embeddings"]["word_embeddings"]["embedding"])
-        return losses.fused_bert_sums(out.mlm_hidden, table, params["mlm"]["bias"], out.nsp_logits, batch)
-    # GPT-2's LM head is the token table (tied): the loss projects onto it chunk by chunk instead of
-    # asking the model for [B, T, V] logits.
-    out = model.apply({"params": params}, batch["input_ids"], segment_ids=batch.get("segment_ids"),
-                      position_ids=batch.get("position_ids"), deterministic=deterministic, rngs=rngs,
-                      return_logits=False)
-    return losses.fused_gpt_sums(out.last_hidden_state, layers.whole_features(params["wte"]["embedding"]), batch)
 
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
     grad_accum_steps: int = 1
     clip_grad_norm: float = 1.0  # 0 disables clipping
-    # Dropout off gives bitwise-reproducible losses in tests; pretraining keeps it on.
+    # Dropout off gives bitwise-reproducible losses in tests; training keeps it on.
     deterministic: bool = False
 
 
@@ -66,19 +39,19 @@ def _microbatches(batch: dict, n: int) -> dict:
     return jax.tree.map(split, batch)
 
 
-def make_train_step(model: nn.Module, is_bert: bool, optimizer: optax.GradientTransformation,
-                    schedule: optax.Schedule, step_cfg: StepConfig = StepConfig()) -> Callable:
+def make_train_step(task: Task, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+                    step_cfg: StepConfig = StepConfig()) -> Callable:
     """``train_step(state, batch) -> (state, metrics)``, not yet jitted (see :func:`jit_train_step`)."""
     accum = step_cfg.grad_accum_steps
 
     def loss_fn(params, batch, rng, totals):
-        sums = model_sums(model, is_bert, params, batch, deterministic=step_cfg.deterministic, dropout_rng=rng)
-        return losses.objective(sums, totals), sums
+        sums = task.loss_sums(params, batch, deterministic=step_cfg.deterministic, dropout_rng=rng)
+        return task.objective(sums, totals), sums
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        totals = losses.counts(batch, is_bert)
+        totals = task.counts(batch)
         step_rng = jax.random.fold_in(state.rng, state.step)
         if accum == 1:
             (objective, sums), grads = grad_fn(state.params, batch, step_rng, totals)
@@ -117,9 +90,9 @@ def make_train_step(model: nn.Module, is_bert: bool, optimizer: optax.GradientTr
     return train_step
 
 
-def batch_shardings(mesh: jax.sharding.Mesh, batch_spec: dict) -> dict:
+def batch_shardings(mesh: jax.sharding.Mesh, batch: dict) -> dict:
     """Every feature's leading (batch) axis split over (data, fsdp)."""
-    return {k: sharding.batch_sharding(mesh, len(shape)) for k, shape in batch_spec.items()}
+    return {k: sharding.batch_sharding(mesh, len(v.shape)) for k, v in batch.items()}
 
 
 def jit_train_step(train_step: Callable, mesh: jax.sharding.Mesh, state_shardings: TrainState,
@@ -137,11 +110,11 @@ def jit_train_step(train_step: Callable, mesh: jax.sharding.Mesh, state_sharding
     return run
 
 
-def make_eval_step(model: nn.Module, is_bert: bool, mesh: jax.sharding.Mesh, params_shardings: Any) -> Callable:
+def make_eval_step(task: Task, mesh: jax.sharding.Mesh) -> Callable:
     """``eval_step(params, batch) -> sums`` (deterministic), summed on the host across batches."""
 
-    def eval_step(params, batch):
-        return model_sums(model, is_bert, params, batch, deterministic=True)
+    def eval_step(params: Any, batch: dict) -> dict:
+        return task.loss_sums(params, batch, deterministic=True)
 
     # The batch keeps the sharding it was placed with (eval batches may carry is_real_example).
     jitted = jax.jit(eval_step, out_shardings=sharding.replicated(mesh))
