@@ -38,7 +38,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["bertgpt_jax", "bertgpt_jax.*"]),
-    package_data={"bertgpt_jax": ["data/default_corpus/*"]},
+    package_data={"bertgpt_jax": ["tokenization/default_corpus/*"]},
     install_requires=RUNTIME,
     extras_require={"test": TEST, "tfds": ["tensorflow-datasets>=4.9", "h5py"]},
 )

@@ -31,7 +31,7 @@ def _timed(fn, repeat: int = 1) -> float:
 
 
 def _write_corpus(path: str, target_mb: float) -> list[list[str]]:
-    from bertgpt_jax.data import corpus
+    from bertgpt_jax.tokenization import corpus
 
     base = list(corpus.read_documents("default"))
     docs, size, k = [], 0, 0

@@ -1,10 +1,26 @@
-"""bertgpt_jax: pretrain, fine-tune and serve BERT and GPT-2 with JAX/Flax on TPU, GPU and CPU."""
+"""bertgpt_jax: pretrain, fine-tune and serve BERT and GPT-2 with JAX/Flax on TPU, GPU and CPU.
+
+Every subpackage names its public API in ``__all__`` and loads each name from its module on first use,
+so ``import bertgpt_jax.tokenization`` (say) does not import JAX.
+"""
 
 import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("configs", "convert", "data", "models", "sharding", "tokenization", "training")
+_SUBMODULES = ("cli", "configs", "convert", "data", "models", "sharding", "tasks", "tokenization", "training")
+
+
+def lazy_exports(package: str, exports: dict[str, str]):
+    """A module ``__getattr__`` for ``package`` that imports ``exports[name]`` (its submodule holding
+    ``name``) on first use."""
+
+    def __getattr__(name):
+        if name in exports:
+            return getattr(importlib.import_module(f"{package}.{exports[name]}"), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
 
 
 def __getattr__(name):

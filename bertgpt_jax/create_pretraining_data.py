@@ -28,7 +28,8 @@ from typing import Sequence
 import numpy as np
 
 from bertgpt_jax import atomic_files
-from bertgpt_jax.data import corpus, token_store
+from bertgpt_jax.data import token_store
+from bertgpt_jax.tokenization import corpus
 from bertgpt_jax.tokenization.base import Tokenizer
 
 SPLITS = ("train", "validation")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bertgpt_jax.data import corpus
+from bertgpt_jax.tokenization import corpus
 
 
 def _read(spec, **kw):

@@ -12,7 +12,8 @@ import pytest
 
 from bertgpt_jax import create_pretraining_data as cpd
 from bertgpt_jax import tokenization
-from bertgpt_jax.data import corpus, token_store
+from bertgpt_jax.data import token_store
+from bertgpt_jax.tokenization import corpus
 
 
 def _corpus_file(path, num_docs=120, seed=0):

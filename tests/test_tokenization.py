@@ -191,7 +191,7 @@ def _assert_same_encodings(got, want):
 
 
 def test_bpe_block_encoding_equals_document_by_document(gpt2_tiktoken, tmp_path):
-    from bertgpt_jax.data import corpus
+    from bertgpt_jax.tokenization import corpus
 
     tok = tokenization.from_file(gpt2_tiktoken)
     calls = []
@@ -274,7 +274,7 @@ def test_bpe_from_vocab_json_and_merges(gpt2_tiktoken, tmp_path, permute):
 
 
 def _sentences():
-    from bertgpt_jax.data import corpus
+    from bertgpt_jax.tokenization import corpus
 
     out = []
     for doc in corpus.read_documents("default"):

@@ -1,14 +1,12 @@
-"""Corpus readers, the token store, and the BERT / GPT input pipelines.
+"""The token store and the BERT / GPT input pipelines.
 
     ds = data.bert_dataset(store_dir, split="train", max_seq_length=128, max_predictions_per_seq=20)
     ds = data.gpt_dataset(store_dir, split="train", seq_len=1024)
     it = data.make_iterator(ds, global_batch_size=256, shuffle=True, seed=0)   # checkpointable
     ev = data.make_eval_iterator(ds_val, global_batch_size=256)                # one unshuffled pass
-
-Names load on first use, so ``import bertgpt_jax.data`` stays cheap.
 """
 
-import importlib
+from bertgpt_jax import lazy_exports
 
 _EXPORTS = {
     "bert_dataset": "bert_examples",
@@ -19,12 +17,7 @@ _EXPORTS = {
     "make_eval_iterator": "pipeline",
     "batched_dataset": "pipeline",
     "BatchedExamples": "pipeline",
+    "TokenStore": "token_store",
 }
-
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

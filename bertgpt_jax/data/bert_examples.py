@@ -39,7 +39,7 @@ import uuid
 
 import numpy as np
 
-from bertgpt_jax import atomic_files
+from bertgpt_jax import atomic_files, configs
 from bertgpt_jax.data import (
     batched_source,
     counter_random,
@@ -265,7 +265,7 @@ def bert_dataset(store_dir: str, split: str = "train", *, max_seq_length: int = 
         raise ValueError(f"max_predictions_per_seq {max_predictions_per_seq} is too small for masked_lm_prob "
                          f"{masked_lm_prob} at max_seq_length {max_seq_length}: full sequences need "
                          f"round({max_seq_length} * {masked_lm_prob}) = {needed}; use >= {needed}")
-    store_checks.check_positions(max_seq_length, max_position_embeddings, "max_seq_length")
+    configs.check_positions(max_seq_length, max_position_embeddings, "max_seq_length")
     store = token_store.TokenStore(store_dir)
     store_checks.check_tokenizer(store, tokenizer=tokenizer, vocab_file=vocab_file,
                                  expected_fingerprint=expected_fingerprint, do_lower_case=do_lower_case)

@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from bertgpt_jax import atomic_files
+from bertgpt_jax import atomic_files, configs
 from bertgpt_jax.data import batched_source, flat_tokens, store_checks, token_store
 
 
@@ -103,7 +103,7 @@ def gpt_dataset(store_dir: str, split: str = "train", *, seq_len: int = 1024, se
     del seed
     if seq_len < 1:
         raise ValueError(f"seq_len {seq_len} must be >= 1")
-    store_checks.check_positions(seq_len, max_position_embeddings, "seq_len")
+    configs.check_positions(seq_len, max_position_embeddings, "seq_len")
     store = token_store.TokenStore(store_dir)
     store_checks.check_tokenizer(store, tokenizer=tokenizer, vocab_file=vocab_file,
                                  expected_fingerprint=expected_fingerprint)

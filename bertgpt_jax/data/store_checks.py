@@ -45,13 +45,6 @@ def special_id(store: token_store.TokenStore, name: str, purpose: str) -> int:
     return int(index)
 
 
-def check_positions(length: int, max_position_embeddings: int | None, name: str) -> None:
-    if max_position_embeddings is not None and length > max_position_embeddings:
-        raise ValueError(f"{name} {length} is larger than the model's position table "
-                         f"(max_position_embeddings {max_position_embeddings}); use {name} <= "
-                         f"{max_position_embeddings} or a model with a longer position table")
-
-
 def word_start_table(store: token_store.TokenStore) -> np.ndarray:
     """``bool[vocab_size]`` for whole-word masking, from the store's own tokenizer."""
     table = np.asarray(store.tokenizer().word_start_table(), bool)

@@ -59,9 +59,9 @@ def split_sentences(tokens: np.ndarray, ends: np.ndarray) -> list[np.ndarray]:
     return [tokens[s:e] for s, e in zip(starts, ends.astype(np.int64))]
 
 
-# One record per chunk, so any document is read alone. Snappy: on GPT-2 ids it writes at ~320 MB/s and
-# reads at ~620 MB/s (ArrayRecord's default brotli: ~70 and ~310) for shards 0.90x of raw (brotli 0.68x,
-# zstd-1 0.71x at ~125 MB/s); the tokenization stage's writer shares two cores with the tokenizers.
+# One record per chunk, so any document is read alone. Snappy: several times faster to write and faster to
+# read than ArrayRecord's default brotli or zstd, for shards a little larger (bench/README.md has the
+# figures); the tokenization stage's writer shares the cores with the tokenizers.
 WRITER_OPTIONS = "group_size:1,snappy"
 
 

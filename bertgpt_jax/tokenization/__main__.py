@@ -27,7 +27,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     command = argv[1] if len(argv) > 1 else None
     if command == "train":
-        from bertgpt_jax.data.corpus import CorpusStats, iter_sentences
+        from bertgpt_jax.tokenization.corpus import CorpusStats, iter_sentences
         from bertgpt_jax.tokenization.train import train_tokenizer
 
         if not FLAGS.output_dir:

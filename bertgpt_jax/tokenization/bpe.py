@@ -218,7 +218,7 @@ class ByteLevelBPETokenizer(Tokenizer):
         With GPT-2's pattern, documents joined by a blank line tokenize as each alone plus two newline
         tokens between them, provided no document starts or ends with whitespace and every newline comes
         out as a token of its own (both are checked; otherwise each document is encoded alone). One call
-        per block instead of one per document saves the per-call and per-array costs (~6% of the stage).
+        per block instead of one per document saves the per-call and per-array costs (bench/README.md).
         """
         texts = [self._document_text(d) for d in docs]
         counts = [len(d) for d in docs]

@@ -141,7 +141,7 @@ class WordPieceTokenizer(Tokenizer):
 
         self.hf = build(_normalizer(self.do_lower_case), _pre_tokenizer(self.tokenize_chinese_chars))
         # On ASCII text the stock Rust BERT normaliser and pre-tokenizer agree with the reference (tested)
-        # and run about a third faster than the exact pipeline above, which Unicode text needs.
+        # and run faster than the exact pipeline above, which Unicode text needs (bench/README.md).
         self.hf_ascii = build(normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=False,
                                                          strip_accents=False, lowercase=self.do_lower_case),
                               pre_tokenizers.BertPreTokenizer())
