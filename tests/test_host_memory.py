@@ -37,3 +37,20 @@ def test_reexec_keeps_pid_arguments_and_interpreter_options():
     lines = _run(code, {**env, host_memory.OPT_OUT: "1"})
     assert len([line for line in lines if line.startswith("start")]) == 1
     assert lines[1].endswith("None")
+
+
+def test_only_cpu_runs_restart_with_the_tunable(monkeypatch):
+    base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", host_memory.OPT_OUT, "JAX_PLATFORMS")}
+    # A TPU VM: libtpu installed and the chips' device nodes present.
+    monkeypatch.setattr(host_memory, "accelerator_plugins", lambda: ["libtpu"])
+    monkeypatch.setattr(host_memory, "accelerator_devices", lambda: ["/dev/accel0", "/dev/accel1"])
+    assert not host_memory.runs_on_cpu(base) and not host_memory.wanted(base)
+    assert host_memory.runs_on_cpu({**base, "JAX_PLATFORMS": "cpu"})  # the user asked for the CPU
+    assert not host_memory.runs_on_cpu({**base, "JAX_PLATFORMS": "tpu,cpu"})
+    # libtpu installed for ahead-of-time compilation on a host without TPUs: the run computes on the CPU.
+    monkeypatch.setattr(host_memory, "accelerator_devices", lambda: [])
+    assert host_memory.runs_on_cpu(base)
+    # No plugin at all.
+    monkeypatch.setattr(host_memory, "accelerator_plugins", lambda: [])
+    monkeypatch.setattr(host_memory, "accelerator_devices", lambda: ["/dev/nvidia0"])
+    assert host_memory.runs_on_cpu(base)
