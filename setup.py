@@ -28,7 +28,16 @@ TEST = [
     # The CPU wheel lies on disk; an unpinned torch pulls a multi-GB CUDA build.
     "torch==2.13.0",
     "transformers>=5.0",
+    # Train steps compiled for TPU slices on the CPU (tests/test_tpu.py).
+    "libtpu==0.0.42.*",
+    # Executing the notebooks in colab/.
+    "nbclient>=0.10",
+    "nbformat>=5.10",
+    "ipykernel>=6.29",
 ]
+
+# The TPU runtime, matching jax 0.10.2 (jax[tpu]==0.10.2 pins it): TPU VMs, and --compile_only on any host.
+TPU = ["libtpu==0.0.42.*"]
 
 setup(
     name="bertgpt_jax",
@@ -40,5 +49,5 @@ setup(
     packages=find_packages(include=["bertgpt_jax", "bertgpt_jax.*"]),
     package_data={"bertgpt_jax": ["tokenization/default_corpus/*"]},
     install_requires=RUNTIME,
-    extras_require={"test": TEST, "tfds": ["tensorflow-datasets>=4.9", "h5py"]},
+    extras_require={"test": TEST, "tpu": TPU, "tfds": ["tensorflow-datasets>=4.9", "h5py"]},
 )

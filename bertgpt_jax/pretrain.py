@@ -3,6 +3,8 @@
 Flag names follow the original ``run_pretraining.py`` where the meaning is the same. A run resumes by
 itself from the latest checkpoint in ``--output_dir``; SIGTERM saves a checkpoint and exits cleanly.
 Examples: ``experiments/bert_demo.flags`` (CPU, minutes), ``experiments/bert_base_*.flags`` (TPU pods).
+``--compile_only --topology=v4-32`` compiles the step for that TPU slice on this host and prints its memory
+and FLOPs report instead of training (``bertgpt_jax/training/aot.py``).
 On a CPU-only host the process restarts itself once with glibc's huge-page tunable for XLA's buffers
 (``bertgpt_jax/host_memory.py``; ``BERTGPT_JAX_NO_HUGE_PAGES=1`` turns it off); never on TPU or GPU hosts.
 """
@@ -48,6 +50,13 @@ def run(train: TrainConfig, data: PretrainingData) -> dict:
     from bertgpt_jax import tasks
     from bertgpt_jax.training import config, loop
 
+    if train.compile_only:  # the TPU's step, compiled here: no data read, nothing trained
+        from bertgpt_jax.training import aot
+
+        model_cfg = config.model_config(train, platform="tpu")
+        if data.synthetic or os.path.exists(os.path.join(data.dataset, "manifest.json")):
+            model_cfg = tasks.fit_vocab(model_cfg, train.model, data)  # a remote store keeps the preset's vocab
+        return aot.compile_only(train, tasks.task_for(model_cfg, data))
     build_store(data)
     model_cfg = tasks.fit_vocab(config.model_config(train), train.model, data)
     return loop.run(train, tasks.task_for(model_cfg, data))

@@ -81,6 +81,12 @@ class TrainConfig:
     coordinator_address: str | None = setting(None, "host:port of process 0, for multi-process runs.")
     num_processes: int | None = setting(None, "Number of processes (with --coordinator_address).")
     process_id: int | None = setting(None, "This process's index (with --coordinator_address).")
+    # Ahead-of-time compilation (bertgpt_jax/training/aot.py).
+    compile_only: bool = setting(False, "Compile the train step for --topology's TPU slice on this host (no TPU "
+                                 "needed: the tpu extra's libtpu), print the memory/FLOPs report, and exit "
+                                 "without training.")
+    topology: str | None = setting(None, "TPU slice for --compile_only: a slice name (v4-32 = 32 TensorCores = 16 "
+                                   "chips, v5litepod-16, v5p-64, v6e-8) or a topology (v4:2x2x4, v5e:4x4).")
     # Output.
     progress_bar: bool = setting(True, "Show a tqdm progress bar.")
     tensorboard: bool = setting(True, "Write TensorBoard event files to output_dir/tensorboard.")

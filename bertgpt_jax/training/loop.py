@@ -65,6 +65,17 @@ def make_optimizer(cfg: TrainConfig):
     return schedule, optimizer
 
 
+def build_train_step(cfg: TrainConfig, task: Task, mesh: jax.sharding.Mesh, schedule, optimizer,
+                     shardings) -> Any:
+    """The jitted train step a run executes (``.jitted`` to lower it): also what ``--compile_only`` compiles
+    for a TPU slice, so the report describes this very program."""
+    batch_shard = step_lib.batch_shardings(mesh, task.example_batch(cfg.train_batch_size))
+    return step_lib.jit_train_step(
+        step_lib.make_train_step(task, optimizer, schedule,
+                                 step_lib.StepConfig(cfg.grad_accum_steps, cfg.clip_grad_norm)),
+        mesh, shardings, batch_shard)
+
+
 class _Preemption:
     """Turns SIGTERM (a TPU VM preemption, a scheduler's kill) into a flag the loop checks each step."""
 
@@ -140,7 +151,6 @@ def _run(cfg, task, mesh, schedule, optimizer, abstract, shardings, train_it, ck
             state = state_lib.with_params(state, params, shardings)
             logging.info("initialised parameters from %s", cfg.init_checkpoint)
 
-    batch_shard = step_lib.batch_shardings(mesh, task.example_batch(cfg.train_batch_size))
     eval_step = step_lib.make_eval_step(task, mesh)
     n_params = models.count_params(state.params)
     report = {"params": n_params, "state_bytes_per_device": metrics.bytes_per_device(state),
@@ -150,10 +160,7 @@ def _run(cfg, task, mesh, schedule, optimizer, abstract, shardings, train_it, ck
 
     start = int(jax.device_get(state.step))
     if cfg.do_train and start < cfg.num_train_steps:
-        train_step = step_lib.jit_train_step(
-            step_lib.make_train_step(task, optimizer, schedule,
-                                     step_lib.StepConfig(cfg.grad_accum_steps, cfg.clip_grad_norm)),
-            mesh, shardings, batch_shard)
+        train_step = build_train_step(cfg, task, mesh, schedule, optimizer, shardings)
         batch = inputs.place(next(train_it), mesh, cfg.train_batch_size)
         t0 = time.perf_counter()
         with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
