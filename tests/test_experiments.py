@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import AbstractMesh, AxisType
 
-from bertgpt_jax import cli, models, pretrain, sharding, tasks
+from bertgpt_jax import accelerators, cli, models, pretrain, sharding, tasks
 from bertgpt_jax.tasks.pretraining import PretrainingData
 from bertgpt_jax.training import config, loop
 from bertgpt_jax.training import state as state_lib
@@ -60,6 +60,15 @@ def test_flagfile_builds_for_its_mesh(path):
     if "Hardware: TPU" in text:
         chips = int(np.prod(shape))
         assert re.search(rf"\({chips} chips", text), f"mesh of {chips} devices does not match the stated hardware"
+        # The slice as Cloud TPU names it (v4-32 = 32 TensorCores = 16 chips) has one device per chip of the mesh.
+        stated = re.search(r"^# Hardware: TPU (v[0-9a-z]+-\d+)", text, re.MULTILINE)
+        assert stated, "the Hardware line names no TPU slice (e.g. TPU v4-32)"
+        tpu_slice = accelerators.parse_slice(stated.group(1))
+        assert tpu_slice.num_chips == chips, (f"{stated.group(1)} has {tpu_slice.num_chips} chips, the mesh "
+                                              f"{tuple(shape)} {chips} devices")
+        hosts = tpu_slice.num_hosts
+        if hosts > 1:
+            assert cfg.distributed, f"{stated.group(1)} has {hosts} hosts: the recipe needs --distributed"
     _, opt = loop.make_optimizer(cfg)
     abstract, shardings = state_lib.abstract_state(task, opt, mesh)
     per_device = 0
