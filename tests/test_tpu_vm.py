@@ -172,3 +172,48 @@ def test_dry_run_prints_every_command_and_runs_none(fake_gcloud):
 def test_bad_options_exit_2_naming_them(fake_gcloud, args, message):
     proc, calls = fake_gcloud("run_job.sh", *args)
     assert proc.returncode == 2 and message in proc.stderr and calls == []
+
+
+# ---- multi-node GPU jobs under SLURM ----
+
+SBATCH = os.path.join(ROOT, "experiments", "slurm", "pretrain_gpu.sbatch")
+
+_INIT_FROM_SLURM = """
+import json, jax
+from bertgpt_jax.training import config
+config.init_distributed(config.TrainConfig(output_dir="unused", model="bert-tiny", distributed=True))
+print(json.dumps({"index": jax.process_index(), "count": jax.process_count(), "devices": jax.device_count()}))
+jax.distributed.shutdown()
+"""
+
+
+def test_sbatch_script_parses_and_passes_pretrain_flags():
+    from bertgpt_jax import pretrain
+
+    proc = subprocess.run(["bash", "-n", SBATCH], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    text = open(SBATCH).read()
+    (srun,) = [line for line in text.splitlines() if line.startswith("srun ")]
+    names = re.findall(r"--(\w+)", srun.split("bertgpt_jax.pretrain", 1)[1])
+    assert "distributed" in names
+    assert all(n == "flagfile" or n in pretrain.F for n in names), names
+    assert re.search(r"^#SBATCH --ntasks-per-node=1$", text, re.MULTILINE)
+
+
+def test_distributed_reads_the_environment_srun_sets():
+    # Two processes on this machine, each with the variables srun gives a task of a 2-task step.
+    job_id = str(4000 + os.getpid() % 4000)
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "",
+               "SLURM_JOB_ID": job_id, "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
+               "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_STEP_NUM_NODES": "1"}
+        procs.append(subprocess.Popen([sys.executable, "-c", _INIT_FROM_SLURM], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert sorted(r["index"] for r in results) == [0, 1]
+    assert all(r["count"] == 2 and r["devices"] == 2 for r in results)
