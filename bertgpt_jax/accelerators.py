@@ -138,8 +138,9 @@ def topology_devices(tpu_slice: Slice) -> list:
                          "pip install 'libtpu==0.0.42.*')") from None
     from jax.experimental import topologies
 
-    kwargs = {"chip_config_name": "megacore"} if tpu_slice.chip.cores_per_chip > 1 and tpu_slice.chip.name == "v4" \
-        else {}
+    # libtpu lists v4 TensorCores by default; "megacore" is one device per chip, as TPU VMs run v4 (v5p lists
+    # chips by default, v5e and v6e have one core per chip).
+    kwargs = {"chip_config_name": "megacore"} if tpu_slice.chip.name == "v4" else {}
     try:
         desc = topologies.get_topology_desc(topology_name=tpu_slice.topology, platform="tpu", **kwargs)
     except Exception as e:  # libtpu's INVALID_ARGUMENT for a topology it does not know

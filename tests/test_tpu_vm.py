@@ -96,10 +96,12 @@ def test_a_preempted_job_is_recreated_relaunched_and_deleted(fake_gcloud):
                      "ssh 0: tail -n 5 $HOME/bertgpt_job/log.txt", "delete"]
     create = calls[0]
     assert create[:5] == ["compute", "tpus", "tpu-vm", "create", "job1"]
-    assert {"--zone=us-central2-b", "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base", "--spot"} <= set(create)
+    assert {"--zone=us-central2-b", "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base",
+            "--spot"} <= set(create)
     assert all("--zone=us-central2-b" in c for c in calls)
     # Installation and launch run on every worker at once; the flagfile is copied to every worker.
-    assert install[0].startswith("ssh all:") and "'bertgpt_jax[tpu] @ git+https://example.org/bertgpt_jax.git'" in install[0]
+    assert install[0].startswith("ssh all:")
+    assert "'bertgpt_jax[tpu] @ git+https://example.org/bertgpt_jax.git'" in install[0]
     scp = calls[2]
     assert scp[4:6] == [RECIPE, "job1:bertgpt_job/job.flags"] and "--worker=all" in scp
     assert launch[0].startswith("ssh all:") and "--flagfile=job.flags" in launch[0] and "nohup" in launch[0]
@@ -115,7 +117,8 @@ def test_a_failed_run_is_reported_and_its_slice_deleted(fake_gcloud):
 
 def test_queued_resources_and_gs_paths(fake_gcloud):
     proc, calls = fake_gcloud("run_job.sh", "--provisioning=queued", "--accelerator_type=v5litepod-16",
-                              "--flagfile=gs://bucket/job.flags", "--package=gs://bucket/bertgpt_jax-0.1.0-py3-none-any.whl",
+                              "--flagfile=gs://bucket/job.flags",
+                              "--package=gs://bucket/bertgpt_jax-0.1.0-py3-none-any.whl",
                               "--project=my-project", states=["READY"], statuses=["0"],
                               queued_states=["WAITING_FOR_RESOURCES", "PROVISIONING", "ACTIVE"])
     assert proc.returncode == 0, proc.stderr

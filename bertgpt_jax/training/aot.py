@@ -119,8 +119,8 @@ class CompileReport:
             f"({100 * self.peak_bytes / self.hbm_bytes:.0f}%): {'fits' if self.fits else 'DOES NOT FIT'}",
             f"  FLOPs                {self.flops_per_step:.3e} per step, {self.flops_per_token:.3e} per token "
             f"({self.flops_source}); model {self.model_flops_per_token:.3e} per token (ratio {ratio:.2f})",
-            f"  roofline bound       >= {self.roofline_seconds * 1e3:.1f} ms per step at {chip.peak_bf16_flops / 1e12:.0f} "
-            f"TFLOP/s and {chip.hbm_bandwidth / 1e12:.2f} TB/s per chip (a bound, not a measurement), i.e. <= "
+            f"  roofline bound       >= {self.roofline_seconds * 1e3:.1f} ms per step at "
+            f"{chip.peak_bf16_flops / 1e12:.0f} TFLOP/s and {chip.hbm_bandwidth / 1e12:.2f} TB/s per chip (a bound, not a measurement), i.e. <= "
             f"{self.tokens_per_step / self.roofline_seconds:,.0f} tokens/s",
         ]
         return "\n".join(lines)
@@ -215,8 +215,9 @@ def compile_only(cfg: TrainConfig, task: Task) -> dict:
     if not cfg.topology:
         raise ValueError("--compile_only needs --topology: the TPU slice to compile for, e.g. --topology=v4-32 "
                          "(16 chips), v5litepod-16, v5p-64 or a topology such as v4:2x2x4")
-    print(f"[compile_only] compiling the train step of {cfg.model} for {accelerators.parse_slice(cfg.topology).describe()}"
-          " (minutes for a large model on a few CPU cores)", flush=True)
-    report = compile_train_step(cfg, task)
+    tpu_slice = accelerators.parse_slice(cfg.topology)
+    print(f"[compile_only] compiling the train step of {cfg.model} for {tpu_slice.describe()} (minutes for a large "
+          "model on a few CPU cores)", flush=True)
+    report = compile_train_step(cfg, task, tpu_slice)
     print(report.format(), flush=True)
     return {"stopped_by": "compile_only", "headline_metrics": (), "compile_report": report.as_dict()}
