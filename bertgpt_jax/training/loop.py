@@ -58,8 +58,8 @@ def make_optimizer(cfg: TrainConfig):
     if cfg.num_warmup_steps is None and cfg.warmup_steps < DEFAULT_WARMUP_STEPS:
         logging.warning("num_warmup_steps not given: warming up over all %d steps (the default %d capped at "
                         "num_train_steps)", cfg.warmup_steps, DEFAULT_WARMUP_STEPS)
-    schedule = schedules.warmup_then_decay(cfg.learning_rate, cfg.num_train_steps, cfg.warmup_steps,
-                                           cfg.schedule, cfg.schedule_power)
+    schedule = schedules.make_schedule(cfg.schedule, cfg.learning_rate, cfg.num_train_steps, cfg.warmup_steps,
+                                       cfg.schedule_power)
     optimizer = optimizers.make_optimizer(cfg.optimizer, schedule, weight_decay=cfg.weight_decay, b1=cfg.adam_beta1,
                                           b2=cfg.adam_beta2, eps=cfg.adam_epsilon)
     return schedule, optimizer
