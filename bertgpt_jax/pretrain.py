@@ -45,8 +45,36 @@ def build_store(data: PretrainingData) -> None:
                                                vocab_size=data.store_vocab_size)
 
 
+RECIPE_FILE = "data_recipe.json"
+
+
+def record_recipe(output_dir: str, recipe: dict) -> None:
+    """Writes the data recipe to ``output_dir/data_recipe.json``, or checks it against the one recorded there:
+    a resumed or re-run job that would read other examples than it started with is an error."""
+    import json
+
+    import jax
+
+    from bertgpt_jax import atomic_files
+
+    path = os.path.join(output_dir, RECIPE_FILE)
+    if "://" not in output_dir and os.path.exists(path):
+        with open(path) as f:
+            recorded = json.load(f)
+        changed = {k: (recorded.get(k), v) for k, v in recipe.items() if recorded.get(k) != v}
+        if changed:
+            what = ", ".join(f"{k}={old!r} there but {new!r} now" for k, (old, new) in changed.items())
+            raise ValueError(f"{output_dir} holds a run made with another data recipe ({path}): {what}. "
+                             "Pass the recorded settings to resume it, or use a new --output_dir")
+        return
+    if jax.process_index() == 0 and "://" not in output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        atomic_files.write_json(path, recipe)
+
+
 def run(train: TrainConfig, data: PretrainingData) -> dict:
-    """The pretraining run the CLI starts: the store built if asked, the task for the model, the engine."""
+    """The pretraining run the CLI starts: the store built if asked, the task for the model, the data recipe
+    recorded (or checked, on resume), the engine."""
     from bertgpt_jax import tasks
     from bertgpt_jax.training import config, loop
 
@@ -59,7 +87,10 @@ def run(train: TrainConfig, data: PretrainingData) -> dict:
         return aot.compile_only(train, tasks.task_for(model_cfg, data))
     build_store(data)
     model_cfg = tasks.fit_vocab(config.model_config(train), train.model, data)
-    return loop.run(train, tasks.task_for(model_cfg, data))
+    task = tasks.task_for(model_cfg, data)
+    if train.output_dir:
+        record_recipe(train.output_dir, data.recipe(model_cfg.is_bert))
+    return loop.run(train, task)
 
 
 def main(argv) -> None:

@@ -10,7 +10,7 @@ from bertgpt_jax.tasks import synthetic
 from bertgpt_jax.training import optimizers, schedules
 
 
-def test_warmup_then_linear_decay_values():
+def test_warmup_then_decay_values():
     lr = schedules.warmup_then_decay(1e-3, num_train_steps=110, num_warmup_steps=10)
     assert float(lr(0)) == pytest.approx(1e-4)  # first update already moves
     assert float(lr(9)) == pytest.approx(1e-3)
@@ -20,7 +20,7 @@ def test_warmup_then_linear_decay_values():
 
 
 def test_polynomial_decay_power():
-    lr = schedules.warmup_then_decay(1.0, num_train_steps=100, num_warmup_steps=0, kind="polynomial", power=2.0)
+    lr = schedules.warmup_then_decay(1.0, num_train_steps=100, num_warmup_steps=0, power=2.0)
     assert float(lr(50)) == pytest.approx(0.25)
 
 
@@ -28,7 +28,7 @@ def test_schedule_rejects_bad_settings():
     with pytest.raises(ValueError, match="num_warmup_steps 20 must lie in"):
         schedules.warmup_then_decay(1e-3, num_train_steps=10, num_warmup_steps=20)
     with pytest.raises(ValueError, match="schedule 'cosine' is not one of"):
-        schedules.warmup_then_decay(1e-3, 10, 0, kind="cosine")
+        schedules.make_schedule("cosine", 1e-3, 10, 0)
 
 
 def test_decay_mask_excludes_bias_and_layernorm():

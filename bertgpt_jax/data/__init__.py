@@ -15,6 +15,7 @@ _EXPORTS = {
     "GptWindows": "gpt_examples",
     "make_iterator": "pipeline",
     "make_eval_iterator": "pipeline",
+    "eval_sample": "pipeline",
     "batched_dataset": "pipeline",
     "BatchedExamples": "pipeline",
     "TokenStore": "token_store",

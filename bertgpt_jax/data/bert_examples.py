@@ -180,8 +180,12 @@ class BertExamples(batched_source.BatchedSource):
         self.vocab_size = int(info["vocab_size"])
         self.cls_id, self.sep_id = int(info["cls_token_id"]), int(info["sep_token_id"])
         self.mask_id = int(info["mask_token_id"])
-        self.pad_id = int(info.get("pad_token_id") or 0)
-        self._specials = np.array(sorted({self.cls_id, self.sep_id, self.mask_id, self.pad_id}))
+        # A vocabulary without a pad token (byte-level BPE with added [CLS]/[SEP]/[MASK]) pads with id 0, which
+        # input_mask marks; there 0 is a real token, masked like any other.
+        has_pad = info.get("pad_token_id") is not None
+        self.pad_id = int(info["pad_token_id"]) if has_pad else 0
+        specials = {self.cls_id, self.sep_id, self.mask_id} | ({self.pad_id} if has_pad else set())
+        self._specials = np.array(sorted(specials))
 
     def __reduce__(self):
         # Worker processes reopen the memory-mapped files instead of receiving their bytes.

@@ -153,9 +153,47 @@ def make_iterator(examples: grain.MapDataset, *, global_batch_size: int, shuffle
                                 prefetch_batches=prefetch_batches, worker_processes=worker_processes))
 
 
+class Subset(grain.MapDataset):
+    """Items ``indices`` of ``examples``, in that order (batched in one call where ``examples`` can)."""
+
+    def __init__(self, examples: grain.MapDataset, indices: np.ndarray):
+        super().__init__()
+        self.examples_ds = examples
+        self.indices = np.asarray(indices, np.int64)
+        if hasattr(examples, "examples"):  # what BatchedExamples calls for a whole batch
+            self.examples = self._examples
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __str__(self) -> str:
+        return f"Subset({len(self)} of {len(self.examples_ds)})"
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self.slice(i)
+        return self.examples_ds[int(self.indices[i])]
+
+    def _examples(self, indices: np.ndarray) -> dict:
+        return self.examples_ds.examples(self.indices[np.asarray(indices, np.int64)])
+
+
+def eval_sample(examples: grain.MapDataset, max_examples: int | None, seed: int = 0) -> grain.MapDataset:
+    """Every example when there are at most ``max_examples``; else a fixed sample of ``max_examples`` spread over
+    the whole dataset, drawn from ``seed`` alone (the same at every evaluation) and kept in dataset order."""
+    n = len(examples)
+    if max_examples is None or n <= max_examples:
+        return examples
+    if max_examples < 1:
+        raise ValueError(f"max_examples {max_examples} must be >= 1")
+    return Subset(examples, np.sort(np.random.default_rng([seed, n]).choice(n, size=max_examples, replace=False)))
+
+
 def make_eval_iterator(examples: grain.MapDataset, *, global_batch_size: int, process_index: int | None = None,
-                       process_count: int | None = None, prefetch_threads: int = 2) -> grain.DatasetIterator:
-    """One unshuffled pass over every example, the last batch padded (``is_real_example`` marks real rows)."""
-    return make_iterator(examples, global_batch_size=global_batch_size, shuffle=False, num_epochs=1,
-                         process_index=process_index, process_count=process_count, drop_remainder=False,
-                         prefetch_threads=prefetch_threads)
+                       process_count: int | None = None, prefetch_threads: int = 2, max_examples: int | None = None,
+                       sample_seed: int = 0) -> grain.DatasetIterator:
+    """One unshuffled pass, the last batch padded (``is_real_example`` marks real rows), over every example or,
+    with ``max_examples``, over :func:`eval_sample`'s fixed sample of them."""
+    return make_iterator(eval_sample(examples, max_examples, sample_seed), global_batch_size=global_batch_size,
+                         shuffle=False, num_epochs=1, process_index=process_index, process_count=process_count,
+                         drop_remainder=False, prefetch_threads=prefetch_threads)

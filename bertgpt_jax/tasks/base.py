@@ -104,8 +104,9 @@ class Task(abc.ABC):
         """An endless, checkpointable iterator of this process's share of each training batch."""
 
     @abc.abstractmethod
-    def eval_batches(self, global_batch_size: int, seed: int) -> Iterator[Batch]:
-        """A fresh iterator over the evaluation examples (the same batches at every evaluation)."""
+    def eval_batches(self, global_batch_size: int, seed: int, max_examples: int | None = None) -> Iterator[Batch]:
+        """A fresh iterator over the evaluation examples (the same batches at every evaluation): all of them, or
+        a fixed sample of ``max_examples`` spread over the whole split."""
 
     def check(self) -> None:
         """Raises ``ValueError`` on settings that cannot work, before any compilation."""

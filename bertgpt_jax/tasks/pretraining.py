@@ -26,6 +26,18 @@ class PretrainingData:
         "random learnable tokens.", aliases=("input_file",), required=True)
     max_seq_length: int = setting(128, "Tokens per example.")
     max_predictions_per_seq: int = setting(20, "Masked LM predictions per example (BERT).")
+    # The original create_pretraining_data.py recipe (BERT), its names and defaults.
+    dupe_factor: int = setting(10, "Differently cut copies of the documents (BERT; the original's 10): each copy "
+                               "has its own A/B pairs and next-sentence labels.")
+    dynamic_masking: bool = setting(False, "Mask every epoch afresh (RoBERTa). Default: static masking, as the "
+                                    "original (each instance keeps one mask; dupe_factor copies differ).")
+    do_whole_word_mask: bool = setting(False, "Mask whole words (all pieces of a word together), as the original's "
+                                       "flag of that name (BERT).")
+    masked_lm_prob: float = setting(0.15, "Fraction of tokens masked (BERT; the original's 0.15).")
+    short_seq_prob: float = setting(0.1, "Probability of a shorter target length for a document (BERT; the "
+                                    "original's 0.1).")
+    random_seed: int = setting(12345, "Seed of the instance cutting and masking (BERT; the original's 12345). "
+                               "--seed sets initialisation, dropout and the data order.")
     build_store_from: str | None = setting(
         None, "If --dataset does not exist yet, build it first from this corpus ('default' = the embedded "
         "default corpus; a vocabulary is trained when no --vocab_file is given).")
@@ -38,6 +50,14 @@ class PretrainingData:
     @property
     def synthetic(self) -> bool:
         return self.dataset == SYNTHETIC
+
+    def recipe(self, bert: bool) -> dict:
+        """The settings that decide which examples a run sees: recorded with the run, the same on resume."""
+        names = ["dataset", "max_seq_length"]
+        if bert:
+            names += ["max_predictions_per_seq", "dupe_factor", "dynamic_masking", "do_whole_word_mask",
+                      "masked_lm_prob", "short_seq_prob", "random_seed"]
+        return {name: getattr(self, name) for name in names}
 
     def store_vocab_size_or_none(self) -> int | None:
         """The vocabulary size a token store's manifest records, or None for ``synthetic``."""
@@ -101,9 +121,10 @@ class PretrainingTask(Task):
         return data.make_iterator(self.dataset("train", seed), global_batch_size=global_batch_size, shuffle=True,
                                   seed=seed)
 
-    def eval_batches(self, global_batch_size: int, seed: int) -> Iterator[Batch]:
+    def eval_batches(self, global_batch_size: int, seed: int, max_examples: int | None = None) -> Iterator[Batch]:
         if self.data.synthetic:
             return synthetic.SyntheticBatches(self.synthetic_batch, global_batch_size, seed=seed + _EVAL_SEED)
         from bertgpt_jax import data
 
-        return data.make_eval_iterator(self.dataset("validation", seed), global_batch_size=global_batch_size)
+        return data.make_eval_iterator(self.dataset("validation", seed), global_batch_size=global_batch_size,
+                                       max_examples=max_examples, sample_seed=_EVAL_SEED)

@@ -74,7 +74,8 @@ def _from_meta(path: str, meta: dict) -> Tokenizer:
         return WordPieceTokenizer.from_vocab_file(
             os.path.join(path, meta["vocab_file"]), do_lower_case=meta["do_lower_case"],
             tokenize_chinese_chars=meta["tokenize_chinese_chars"],
-            max_input_chars_per_word=meta["max_input_chars_per_word"], unk_token=meta["unk_token"])
+            max_input_chars_per_word=meta["max_input_chars_per_word"], unk_token=meta["unk_token"],
+            rules=meta.get("rules", "hf"))
     if kind == "bpe":
         from bertgpt_jax.tokenization.bpe import ByteLevelBPETokenizer
 

@@ -62,9 +62,20 @@ def _train_wordpiece(sentences, vocab_size, do_lower_case, specials, min_frequen
                                         special_tokens=specials, continuing_subword_prefix="##",
                                         show_progress=False)
     seed.hf.train_from_iterator(_batches(sentences), trainer=trainer)
-    vocab_map = seed.hf.get_vocab()
-    vocab = sorted(vocab_map, key=vocab_map.get)
-    return WordPieceTokenizer(vocab, do_lower_case=do_lower_case, unk_token=unk)
+    # The trainer learns the same set of pieces every time, but numbers them in an order that varies from
+    # process to process (hash-map order of equally frequent pieces); a canonical order makes the ids, and
+    # so every run on the vocabulary, reproducible: the special tokens, then by length, word-starts before
+    # "##" continuations of the same length, then by code point.
+    learned = [p for p in seed.hf.get_vocab() if p not in specials]
+    return WordPieceTokenizer(list(specials) + sorted(learned, key=canonical_piece_order), do_lower_case=do_lower_case,
+                              unk_token=unk)
+
+
+def canonical_piece_order(piece: str) -> tuple[int, bool, str]:
+    """The sort key of a learned WordPiece piece: (length without "##", is a continuation, text)."""
+    cont = piece.startswith("##") and len(piece) > 2
+    core = piece[2:] if cont else piece
+    return len(core), cont, core
 
 
 def _train_bpe(sentences, vocab_size, do_lower_case, specials, min_frequency):

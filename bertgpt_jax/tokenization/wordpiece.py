@@ -5,6 +5,15 @@ dropped, whitespace normalised, CJK ideographs split into single characters, NFC
 accent stripping, punctuation split, greedy longest-match-first with ``##`` continuation, words longer than
 200 characters -> ``[UNK]`` (the original release's limit; transformers' classes default to 100). Text that
 looks like a special token (``"[MASK]"``) is ordinary text, as in the original ``FullTokenizer``.
+
+Two rule sets differ in two places (``rules``): ``"hf"`` is transformers' ``BertTokenizer``, which drops every
+Unicode C* character (private-use, unassigned, surrogates too) and NFC-composes before anything else; ``"original"``
+is google-research/bert's ``FullTokenizer``, which drops only Cc/Cf (a private-use character stays, and its word
+becomes [UNK]) and never composes (a cased vocabulary sees ``e\u0301`` as two characters, not ``\u00e9``). Which
+vocabulary gets which: trained vocabularies, ``tokenizer.json``, and ``vocab.txt`` in an HF directory get
+``"hf"`` (what HF checkpoints were tokenized with); a ``vocab.txt`` beside a ``bert_config.json`` and no
+``tokenizer_config.json`` (a Google release directory) gets ``"original"``. The choice is saved with the
+tokenizer and is part of its fingerprint.
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ def _classes() -> dict[str, str]:
     try:
         with open(cache, encoding="utf-8") as f:
             classes = json.load(f)
-        if set(classes) == {"drop", "space", "punct", "accent"}:
+        if set(classes) == {"drop", "drop_original", "space", "punct", "accent"}:
             return classes
     except (OSError, ValueError):
         pass
@@ -51,23 +60,33 @@ def _classes() -> dict[str, str]:
     return classes
 
 
+def _add(spans: list, cp: int) -> None:
+    if spans and spans[-1][1] == cp - 1:
+        spans[-1][1] = cp
+    else:
+        spans.append([cp, cp])
+
+
 def _build_classes() -> dict[str, str]:
     """BERT's character classes as regex classes, taken from Python's ``unicodedata`` as the reference
     implementation does: the Rust normalizer's own tables are of another Unicode version and treat some
     categories otherwise (checked over the code points in tests/test_tokenization.py).
 
-    drop: NUL, U+FFFD and every category C* but tab/newline/return (``_clean_text``/``_is_control``);
+    drop: NUL, U+FFFD and every category C* but tab/newline/return (transformers' ``_clean_text``/``_is_control``);
+    drop_original: NUL, U+FFFD and Cc/Cf but tab/newline/return (google-research/bert's ``_is_control``);
     space: space, tab, newline, return and Zs (``_is_whitespace``); punct: ASCII non-alphanumerics and P*
     (``_is_punctuation``); accent: Mn (what ``_run_strip_accents`` drops after NFD).
     """
     ascii_punct = set(range(33, 48)) | set(range(58, 65)) | set(range(91, 97)) | set(range(123, 127))
-    ranges: dict[str, list] = {"drop": [], "space": [], "punct": [], "accent": []}
+    ranges: dict[str, list] = {"drop": [], "drop_original": [], "space": [], "punct": [], "accent": []}
     category = unicodedata.category
     for cp in range(0x110000):
         if 0xD800 <= cp < 0xE000:
             continue
         c = chr(cp)
         cat = category(c)
+        if c not in "\t\n\r" and (cp == 0 or cp == 0xFFFD or cat in ("Cc", "Cf")):
+            _add(ranges["drop_original"], cp)  # the original's _clean_text drops only these
         if c in "\t\n\r " or cat == "Zs":
             name = "space"
         elif cp == 0 or cp == 0xFFFD or cat[0] == "C":
@@ -78,19 +97,19 @@ def _build_classes() -> dict[str, str]:
             name = "accent"
         else:
             continue
-        spans = ranges[name]
-        if spans and spans[-1][1] == cp - 1:
-            spans[-1][1] = cp
-        else:
-            spans.append([cp, cp])
+        _add(ranges[name], cp)
     return {name: _ranges_to_class(spans) for name, spans in ranges.items()}
 
 
-def _normalizer(do_lower_case: bool):
-    # BertTokenizer cleans, NFC-composes, then lower-cases and strips accents (NFD, drop Mn).
+RULES = ("hf", "original")
+
+
+def _normalizer(do_lower_case: bool, rules: str = "hf"):
+    # BertTokenizer cleans, NFC-composes, then lower-cases and strips accents (NFD, drop Mn); the original
+    # cleans fewer categories and does not compose.
     cls = _classes()
-    steps = [normalizers.Replace(Regex(cls["drop"]), ""), normalizers.Replace(Regex(cls["space"]), " "),
-             normalizers.NFC()]
+    steps = [normalizers.Replace(Regex(cls["drop" if rules == "hf" else "drop_original"]), ""),
+             normalizers.Replace(Regex(cls["space"]), " ")] + ([normalizers.NFC()] if rules == "hf" else [])
     if do_lower_case:
         # Python's str.lower turns a word-final capital sigma into final sigma; Rust's per-char one does not.
         steps += [normalizers.Replace(Regex("(?<=\\p{Cased})\u03a3(?![\\p{Case_Ignorable}]*\\p{Cased})"), "\u03c2"),
@@ -117,8 +136,13 @@ class WordPieceTokenizer(Tokenizer):
     kind = "wordpiece"
 
     def __init__(self, vocab: Sequence[str], do_lower_case: bool = True, tokenize_chinese_chars: bool = True,
-                 max_input_chars_per_word: int = MAX_INPUT_CHARS_PER_WORD, unk_token: str = "[UNK]"):
+                 max_input_chars_per_word: int = MAX_INPUT_CHARS_PER_WORD, unk_token: str = "[UNK]",
+                 rules: str = "hf"):
         super().__init__()
+        if rules not in RULES:
+            raise ValueError(f"WordPiece rules {rules!r} are not one of {RULES} (transformers' BertTokenizer or "
+                             "google-research/bert's FullTokenizer)")
+        self.rules = rules
         self.vocab = list(vocab)
         index = {tok: i for i, tok in enumerate(self.vocab)}
         if len(index) != len(self.vocab):
@@ -139,7 +163,7 @@ class WordPieceTokenizer(Tokenizer):
             hf.decoder = decoders.WordPiece(prefix="##")
             return hf
 
-        self.hf = build(_normalizer(self.do_lower_case), _pre_tokenizer(self.tokenize_chinese_chars))
+        self.hf = build(_normalizer(self.do_lower_case, rules), _pre_tokenizer(self.tokenize_chinese_chars))
         # On ASCII text the stock Rust BERT normaliser and pre-tokenizer agree with the reference (tested)
         # and run faster than the exact pipeline above, which Unicode text needs (bench/README.md).
         self.hf_ascii = build(normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=False,
@@ -150,7 +174,9 @@ class WordPieceTokenizer(Tokenizer):
     @classmethod
     def from_vocab_file(cls, path: str, do_lower_case: bool | None = None, **kwargs) -> "WordPieceTokenizer":
         """Loads a BERT ``vocab.txt`` (one token per line). ``do_lower_case`` defaults to a sibling
-        ``tokenizer_config.json``'s setting, else True (the original default)."""
+        ``tokenizer_config.json``'s setting, else True (the original default). ``rules`` default to
+        ``"original"`` in a Google release directory (``bert_config.json`` and no ``tokenizer_config.json``
+        beside it), else ``"hf"``."""
         with open(path, encoding="utf-8") as f:
             vocab = [line.rstrip("\r\n") for line in f]
         while vocab and vocab[-1] == "":  # a trailing newline is not a token
@@ -163,6 +189,11 @@ class WordPieceTokenizer(Tokenizer):
             if os.path.exists(config):
                 with open(config, encoding="utf-8") as f:
                     do_lower_case = bool(json.load(f).get("do_lower_case", True))
+        if kwargs.get("rules") is None:
+            here = os.path.dirname(path)
+            release = os.path.exists(os.path.join(here, "bert_config.json")) and not os.path.exists(
+                os.path.join(here, "tokenizer_config.json"))
+            kwargs["rules"] = "original" if release else "hf"
         return cls(vocab, do_lower_case=do_lower_case, **kwargs)
 
     @classmethod
@@ -239,7 +270,8 @@ class WordPieceTokenizer(Tokenizer):
 
     def _settings(self) -> dict:
         return {"do_lower_case": self.do_lower_case, "tokenize_chinese_chars": self.tokenize_chinese_chars,
-                "max_input_chars_per_word": self.max_input_chars_per_word, "unk_token": self.unk_token}
+                "max_input_chars_per_word": self.max_input_chars_per_word, "unk_token": self.unk_token,
+                **({"rules": self.rules} if self.rules != "hf" else {})}
 
     def _vocab_digest_items(self):
         return (t.encode("utf-8") for t in self.vocab)

@@ -39,8 +39,13 @@ class TrainConfig:
     learning_rate: float = setting(5e-5, "Peak learning rate.")
     optimizer: str = setting("adamw", "AdamW (original BERT; no decay on LayerNorm and biases) or LAMB "
                              "(large-batch BERT).", choices=("adamw", "lamb"))
-    schedule: str = setting("linear", "Decay after warmup.", choices=("linear", "polynomial", "constant"))
-    schedule_power: float = setting(1.0, "Exponent of --schedule=polynomial.")
+    schedule: str = setting(
+        "bert", "Learning-rate schedule. bert: the original optimization.py's, init_lr * (1 - step / "
+        "num_train_steps) ** schedule_power from step 0, replaced before num_warmup_steps by init_lr * step / "
+        "num_warmup_steps. warmup_then_decay: warmup to the peak at step num_warmup_steps - 1, then decay over "
+        "the remaining num_train_steps - num_warmup_steps (every later rate T / (T - W) times the original's). "
+        "constant: that warmup, then the peak.", choices=("bert", "warmup_then_decay", "constant"))
+    schedule_power: float = setting(1.0, "Exponent of the polynomial decay (1: linear, as the published recipes).")
     weight_decay: float = setting(0.01, "Decoupled weight decay.")
     adam_beta1: float = setting(0.9, "First-moment decay.")
     adam_beta2: float = setting(0.999, "Second-moment decay.")

@@ -58,8 +58,8 @@ def make_optimizer(cfg: TrainConfig):
     if cfg.num_warmup_steps is None and cfg.warmup_steps < DEFAULT_WARMUP_STEPS:
         logging.warning("num_warmup_steps not given: warming up over all %d steps (the default %d capped at "
                         "num_train_steps)", cfg.warmup_steps, DEFAULT_WARMUP_STEPS)
-    schedule = schedules.warmup_then_decay(cfg.learning_rate, cfg.num_train_steps, cfg.warmup_steps,
-                                           cfg.schedule, cfg.schedule_power)
+    schedule = schedules.make_schedule(cfg.schedule, cfg.learning_rate, cfg.num_train_steps, cfg.warmup_steps,
+                                       cfg.schedule_power)
     optimizer = optimizers.make_optimizer(cfg.optimizer, schedule, weight_decay=cfg.weight_decay, b1=cfg.adam_beta1,
                                           b2=cfg.adam_beta2, eps=cfg.adam_epsilon)
     return schedule, optimizer
@@ -99,20 +99,26 @@ class _Preemption:
 
 
 def evaluate(eval_step, params, cfg: TrainConfig, task: Task, mesh: jax.sharding.Mesh) -> dict:
-    """The task's metrics over ``max_eval_steps`` evaluation batches, as ``eval/...`` keys."""
-    it = task.eval_batches(cfg.eval_batch_size, cfg.seed)
+    """The task's metrics, as ``eval/...`` keys, over the whole validation split or, when it has more than
+    ``max_eval_steps * eval_batch_size`` examples, a fixed sample of that many spread over all of it (the same
+    at every evaluation); ``eval/examples`` says how many were evaluated."""
+    it = task.eval_batches(cfg.eval_batch_size, cfg.seed, max_examples=cfg.max_eval_steps * cfg.eval_batch_size)
     total: dict[str, float] = {}
+    examples = 0
     for _ in range(cfg.max_eval_steps):
         try:
             raw = next(it)
         except StopIteration:
             break
+        real = raw.get("is_real_example")
+        # This process's rows; every process evaluates its share of the same global batches.
+        examples += (int(real.sum()) if real is not None else len(next(iter(raw.values())))) * jax.process_count()
         sums = jax.device_get(eval_step(params, inputs.place(raw, mesh, cfg.eval_batch_size)))
         for k, v in sums.items():
             total[k] = total.get(k, 0.0) + float(v)
     if not total:
         raise ValueError(f"the evaluation data yielded no batch of {cfg.eval_batch_size}")
-    return {f"eval/{k}": v for k, v in task.summarize(total).items()}
+    return {**{f"eval/{k}": v for k, v in task.summarize(total).items()}, "eval/examples": examples}
 
 
 def run(cfg: TrainConfig, task: Task) -> dict:

@@ -17,6 +17,7 @@ import optax
 
 from bertgpt_jax import sharding
 from bertgpt_jax.tasks.base import Task
+from bertgpt_jax.training import optimizers
 from bertgpt_jax.training.state import TrainState
 
 
@@ -80,8 +81,11 @@ def make_train_step(task: Task, optimizer: optax.GradientTransformation, schedul
             return optax.apply_updates(params, updates), opt_state
 
         # A branch, not a select per leaf: the skip costs nothing and the update is not read twice.
-        params, opt_state = jax.lax.cond(finite, update, lambda operands: operands[:2],
-                                         (state.params, state.opt_state, grads))
+        def skip(operands):
+            # The optimizer's step count still moves on, so its schedule stays at the train step's number.
+            return operands[0], optimizers.advance_count(operands[1])
+
+        params, opt_state = jax.lax.cond(finite, update, skip, (state.params, state.opt_state, grads))
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         metrics = {"loss": objective, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
                    "finite": finite, **sums}
