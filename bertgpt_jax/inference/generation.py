@@ -21,6 +21,8 @@ that, so a seed gives the same samples whatever the batch around them. Parameter
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -29,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bertgpt_jax import sharding
-from bertgpt_jax.inference.loading import LoadedModel
+from bertgpt_jax.cli import setting
+from bertgpt_jax.inference.loading import LoadedModel, ModelSource
 from bertgpt_jax.models.gpt2 import GPT2
 from bertgpt_jax.models.layers import CACHE
 
@@ -253,3 +256,71 @@ def generate(loaded: LoadedModel, prompts: Sequence[Sequence[int]] | Sequence[st
     gens = Generator(loaded).generate(rows, max_new_tokens, Sampling(do_sample, temperature, top_k, top_p), seed,
                                       sample_ids)
     return [gens[i * num_samples:(i + 1) * num_samples] for i in range(len(prompt_ids))]
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+    """The settings of ``python -m bertgpt_jax.generate`` (besides the model's :class:`ModelSource`)."""
+
+    prompt: str | None = setting(None, "The text to continue (or --prompt_file).")
+    prompt_file: str | None = setting(None, "A text file with one prompt per line (blank lines are skipped).")
+    max_new_tokens: int = setting(64, "Tokens to generate after each prompt (prompt + new tokens must fit the "
+                                  "model's n_positions).")
+    do_sample: bool = setting(True, "Sample (as GPT-2 did, with --top_k); --nodo_sample decodes greedily.")
+    temperature: float = setting(1.0, "Divide the logits by this before sampling (0 = greedy).")
+    top_k: int = setting(40, "Sample among the k most likely tokens (>= 1; the vocabulary size for no cut).")
+    top_p: float = setting(1.0, "Sample within the nucleus: the fewest best tokens holding this probability mass, "
+                           "in (0, 1] (1 = no cut).")
+    seed: int = setting(0, "Sampling seed: the same seed gives the same samples.")
+    num_samples: int = setting(1, "Samples per prompt.")
+    batch_size: int = setting(8, "Sequences decoded together.")
+    output_file: str | None = setting(None, "JSONL output, one record per sample: prompt, sample, token_ids (the "
+                                      "new tokens), text, finish_reason.")
+
+    def prompts(self) -> list[str]:
+        if bool(self.prompt) == bool(self.prompt_file):
+            raise ValueError("give exactly one of --prompt and --prompt_file")
+        if self.prompt:
+            return [self.prompt]
+        if not os.path.exists(self.prompt_file):
+            raise FileNotFoundError(f"--prompt_file {self.prompt_file} does not exist")
+        with open(self.prompt_file, encoding="utf-8") as f:
+            lines = [line.rstrip("\n") for line in f if line.strip()]
+        if not lines:
+            raise ValueError(f"--prompt_file {self.prompt_file} holds no prompt (it is empty or blank); write one "
+                             "prompt per line")
+        return lines
+
+
+def run(source: ModelSource, cfg: GenerateConfig) -> list[dict]:
+    """The records ``generate`` prints and writes, one per sample."""
+    from tqdm import tqdm
+
+    sampling = Sampling(cfg.do_sample, cfg.temperature, cfg.top_k, cfg.top_p)
+    sampling.check()
+    if cfg.num_samples < 1 or cfg.batch_size < 1:
+        raise ValueError(f"num_samples ({cfg.num_samples}) and batch_size ({cfg.batch_size}) must be >= 1")
+    texts = cfg.prompts()
+    loaded = source.load(model_type="gpt2", purpose="generation")
+    tokenizer = loaded.require_tokenizer()
+    prompt_ids = [tokenizer.encode(t) for t in texts]
+    generator = Generator(loaded)
+    rows = [(i, s) for i in range(len(texts)) for s in range(cfg.num_samples)]
+    generator.check_request([prompt_ids[i] for i, _ in rows], cfg.max_new_tokens)
+    records = []
+    for start in tqdm(range(0, len(rows), cfg.batch_size), unit="batch", disable=len(rows) <= cfg.batch_size):
+        chunk = rows[start:start + cfg.batch_size]
+        gens = generator.generate([prompt_ids[i] for i, _ in chunk], cfg.max_new_tokens, sampling, cfg.seed,
+                                  [s for _, s in chunk])
+        for (i, s), g in zip(chunk, gens):
+            text_ids = g.token_ids[:-1] if g.finish_reason == "eos" else g.token_ids
+            records.append({"prompt": texts[i], "sample": s, "token_ids": g.token_ids,
+                            "text": tokenizer.decode(text_ids), "finish_reason": g.finish_reason})
+    if cfg.output_file:
+        from bertgpt_jax import atomic_files
+
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.output_file)), exist_ok=True)
+        with atomic_files.atomic_open(cfg.output_file, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    return records

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bertgpt_jax import configs, sharding
+from bertgpt_jax.cli import setting
 
 RUN_CONFIG = "model_config.json"  # in a run's output_dir, beside checkpoints/
 RUN_TOKENIZER = "tokenizer"
@@ -185,3 +186,25 @@ def from_params(cfg: configs.ModelConfig, params: Any, tokenizer=None, mesh: jax
     _, shardings = param_shardings(net, mesh, _example_args(cfg))
     params = place(nn.unbox(params), shardings, source)
     return LoadedModel(cfg=cfg, model=net, params=params, tokenizer=tokenizer, mesh=mesh, source=source)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """Where a tool's model comes from (the flags every inference tool shares)."""
+
+    init_checkpoint: str | None = setting(
+        None, "A pretraining run's output_dir (or its checkpoints/ or best_checkpoint/ folder), or an HF directory "
+        "(config.json + model.safetensors).", required=True)
+    model: str | None = setting(None, "The model config, for a run directory without model_config.json: a preset "
+                                "name or a config.json / bert_config.json path.", aliases=("bert_config_file",))
+    vocab_file: str | None = setting(None, "The tokenizer, when the checkpoint directory holds none: vocab.txt, "
+                                     "tokenizer.json, vocab.json + merges.txt, a *.tiktoken ranks file, ...")
+    do_lower_case: bool | None = setting(None, "Lower-case input for a bare vocab.txt (other tokenizer files say "
+                                         "themselves).")
+    mesh_shape: tuple[int, int, int] = setting((-1, 1, 1), "Device mesh (data, fsdp, tensor): batches over "
+                                               "data x fsdp, parameters over fsdp and tensor, as in training.")
+
+    def load(self, model_type: str | None = None, purpose: str = "this tool") -> LoadedModel:
+        return load(self.init_checkpoint, model=self.model, vocab_file=self.vocab_file,
+                    do_lower_case=self.do_lower_case, model_type=model_type,
+                    mesh=sharding.make_mesh(self.mesh_shape), purpose=purpose)
