@@ -109,10 +109,11 @@ def _run_config(path: str, model: str | None, tokenizer) -> configs.ModelConfig:
 
 def load(path: str, *, model: str | None = None, vocab_file: str | None = None, do_lower_case: bool | None = None,
          model_type: str | None = None, mesh: jax.sharding.Mesh | None = None, purpose: str = "this tool",
-         dtype: str = "float32") -> LoadedModel:
+         dtype: str = "float32", need_mlm_head: bool = False) -> LoadedModel:
     """The model at ``path`` (a run's output_dir, one of its checkpoint folders, or an HF directory).
 
-    ``model_type`` ("bert" or "gpt2") is what the caller needs; another kind is an error naming ``purpose``.
+    ``model_type`` ("bert" or "gpt2") is what the caller needs; another kind is an error naming ``purpose``,
+    as is a BERT without a masked-LM head when ``need_mlm_head``.
     Parameters are placed on ``mesh`` (default: every device, batch over data) as their logical axes say.
     """
     from bertgpt_jax import convert, models, tokenization
@@ -155,6 +156,13 @@ def load(path: str, *, model: str | None = None, vocab_file: str | None = None, 
 
     if is_hf_dir(path):
         _, host_params = convert.from_hf(path)
+        if need_mlm_head and cfg.is_bert:
+            if "mlm" not in host_params:
+                raise ValueError(f"init_checkpoint {path} has no masked-LM head (cls.predictions.*: a BertModel, e.g. "
+                                 f"a sentence-transformers checkpoint); {purpose} needs BertForMaskedLM or "
+                                 "BertForPreTraining weights, or a pretraining run of this package")
+            if any(h not in host_params for h in convert.BERT_HEADS):  # e.g. BertForMaskedLM: no NSP head
+                _, host_params = convert.from_hf(path, init_missing_heads=True)
         stored_cfg = cfg.replace(scan_layers=False)
     else:
         stored_cfg = cfg
@@ -204,7 +212,8 @@ class ModelSource:
     mesh_shape: tuple[int, int, int] = setting((-1, 1, 1), "Device mesh (data, fsdp, tensor): batches over "
                                                "data x fsdp, parameters over fsdp and tensor, as in training.")
 
-    def load(self, model_type: str | None = None, purpose: str = "this tool") -> LoadedModel:
+    def load(self, model_type: str | None = None, purpose: str = "this tool", need_mlm_head: bool = False
+             ) -> LoadedModel:
         return load(self.init_checkpoint, model=self.model, vocab_file=self.vocab_file,
                     do_lower_case=self.do_lower_case, model_type=model_type,
-                    mesh=sharding.make_mesh(self.mesh_shape), purpose=purpose)
+                    mesh=sharding.make_mesh(self.mesh_shape), purpose=purpose, need_mlm_head=need_mlm_head)
