@@ -90,7 +90,21 @@ def run(train: TrainConfig, data: PretrainingData) -> dict:
     task = tasks.task_for(model_cfg, data)
     if train.output_dir:
         record_recipe(train.output_dir, data.recipe(model_cfg.is_bert))
+        describe_run(train, data, model_cfg)
     return loop.run(train, task)
+
+
+def describe_run(train: TrainConfig, data: PretrainingData, model_cfg) -> None:
+    """``output_dir/model_config.json`` and ``output_dir/tokenizer/``: what the inference tools
+    (``generate``, ``fill_mask``, ...) load beside the checkpoint."""
+    import jax
+
+    from bertgpt_jax.data.token_store import TOKENIZER_DIR
+    from bertgpt_jax.inference import loading
+
+    if jax.process_index() == 0 and "://" not in train.output_dir:
+        tokenizer_dir = None if data.synthetic or "://" in data.dataset else os.path.join(data.dataset, TOKENIZER_DIR)
+        loading.save_run_description(train.output_dir, model_cfg, tokenizer_dir)
 
 
 def main(argv) -> None:

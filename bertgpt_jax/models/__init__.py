@@ -10,6 +10,7 @@ _EXPORTS = {
     "BertOutput": "outputs",
     "GPT2Output": "outputs",
     "ATTENTION_WEIGHTS": "layers",
+    "CACHE": "layers",
     "count_params": "accounting",
     "flops_per_token": "accounting",
 }

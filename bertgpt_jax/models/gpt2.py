@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from bertgpt_jax import sharding as sh
 from bertgpt_jax.configs import ModelConfig
 from bertgpt_jax.models import losses, masks
-from bertgpt_jax.models.layers import Dropout, Embedding, Stack, constrain_hidden, layer_norm
+from bertgpt_jax.models.layers import CACHE, Dropout, Embedding, Stack, constrain_hidden, layer_norm
 from bertgpt_jax.models.outputs import GPT2Output
 
 
@@ -22,6 +22,10 @@ class GPT2(nn.Module):
     restart per document. Given ``targets`` (and ``target_weights``) the LM head returns its loss sums
     (``loss_sums``: ``lm_loss_sum``, ``lm_correct_sum``), projecting onto the vocabulary chunk by chunk
     so no [B, T, V] logits exist; ``return_logits=False`` skips the projection altogether.
+
+    Incremental decoding (``bertgpt_jax.inference.generation``): with the ``cache`` collection mutable each
+    attention layer appends this call's keys and values to its cache; ``attention_mask`` then covers the
+    cache's S slots and ``position_ids`` are the tokens' own positions.
     """
 
     cfg: ModelConfig
@@ -42,7 +46,9 @@ class GPT2(nn.Module):
                  target_weights: Optional[jax.Array] = None) -> GPT2Output:
         cfg = self.cfg
         B, T = input_ids.shape
-        masks.check_length(T, cfg.max_position_embeddings)
+        decoding = self.is_mutable_collection(CACHE) and not self.is_initializing()
+        if not decoding:  # decoding: T counts cache slots, positions are given
+            masks.check_length(T, cfg.max_position_embeddings)
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
         # Causality is the attention's own flag; padding and packed documents add a mask.
@@ -64,3 +70,7 @@ class GPT2(nn.Module):
             loss_sum, correct_sum = losses.lm_head_sums(x_BxTxD, self.wte.table(), targets, weights_BxT)
             return out.replace(loss_sums={"lm_loss_sum": loss_sum, "lm_correct_sum": correct_sum})
         return out.replace(logits=self.wte.attend(x_BxTxD)) if return_logits else out
+
+    def logits(self, x_xD: jax.Array) -> jax.Array:
+        """The tied LM head on final hidden states (``apply(..., method=GPT2.logits)``), fp32."""
+        return self.wte.attend(x_xD)

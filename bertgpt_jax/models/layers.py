@@ -18,13 +18,16 @@ import numpy as np
 
 from bertgpt_jax import sharding as sh
 from bertgpt_jax.configs import ModelConfig
-from bertgpt_jax.models import kernels
+from bertgpt_jax.models import kernels, masks
 
 _SQRT_HALF = 0.7071067811865476  # a Python float: weakly typed, so bf16 stays bf16
 
 # Collection that SelfAttention writes its attention probabilities [B, H, T, S] into when it is mutable:
 # ``model.apply(..., mutable=[ATTENTION_WEIGHTS])``.
 ATTENTION_WEIGHTS = "attention_weights"
+# Collection that holds each attention layer's keys and values for incremental decoding (``cached_key``,
+# ``cached_value`` [B, S, H, K] and ``cache_index``): ``model.apply(..., mutable=[CACHE])``.
+CACHE = "cache"
 
 
 def gelu_erf(x: jax.Array) -> jax.Array:
@@ -259,17 +262,43 @@ class SelfAttention(nn.Module):
     def __call__(self, x_BxTxD: jax.Array, mask_Bx1xTxS: Optional[jax.Array]) -> jax.Array:
         qkv_BxTx3xHxK = self.qkv(x_BxTxD)
         q, k, v = qkv_BxTx3xHxK[:, :, 0], qkv_BxTx3xHxK[:, :, 1], qkv_BxTx3xHxK[:, :, 2]
+        if self.is_mutable_collection(CACHE) and not self.is_initializing():
+            k, v, mask_Bx1xTxS = self.extend_cache(k, v, mask_Bx1xTxS)
+            return self.out(self.attend(q, k, v, mask_Bx1xTxS, causal=False))
         return self.out(self.attend(q, k, v, mask_Bx1xTxS))
 
-    def attend(self, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_Bx1xTxS, dropout_index=None) -> jax.Array:
-        """The heads' context vectors [B, T, H, K]; ``dropout_index`` as :class:`Dropout`'s ``index``."""
+    @nn.compact
+    def extend_cache(self, k_BxTxHxK, v_BxTxHxK, mask_Bx1xTxS):
+        """Incremental decoding: writes this call's keys and values at ``cache_index`` and returns the whole
+        cache [B, S, H, K] with the mask for it, query ``t`` seeing slots ``<= cache_index + t`` (and the
+        caller's mask, over all S slots). A first call on a cache that does not exist yet only creates it,
+        shaped as its input: run it under ``jax.eval_shape`` with the cache length to get the cache."""
+        exists = self.has_variable(CACHE, "cached_key")
+        key = self.variable(CACHE, "cached_key", jnp.zeros, k_BxTxHxK.shape, k_BxTxHxK.dtype)
+        value = self.variable(CACHE, "cached_value", jnp.zeros, v_BxTxHxK.shape, v_BxTxHxK.dtype)
+        index = self.variable(CACHE, "cache_index", lambda: jnp.zeros((), jnp.int32))
+        T, S = k_BxTxHxK.shape[1], key.value.shape[1]
+        if not exists:
+            return k_BxTxHxK, v_BxTxHxK, masks.combine(mask_Bx1xTxS, jnp.tril(jnp.ones((T, T), bool))[None, None])
+        i = index.value
+        key.value = jax.lax.dynamic_update_slice(key.value, k_BxTxHxK.astype(key.value.dtype), (0, i, 0, 0))
+        value.value = jax.lax.dynamic_update_slice(value.value, v_BxTxHxK.astype(value.value.dtype), (0, i, 0, 0))
+        index.value = i + T
+        causal_TxS = jnp.arange(S)[None, :] <= (i + jnp.arange(T))[:, None]
+        return key.value, value.value, masks.combine(mask_Bx1xTxS, causal_TxS[None, None])
+
+    def attend(self, q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask_Bx1xTxS, dropout_index=None,
+               causal: Optional[bool] = None) -> jax.Array:
+        """The heads' context vectors [B, T, H, K]; ``dropout_index`` as :class:`Dropout`'s ``index``;
+        ``causal`` overrides the layer's ``is_causal`` (a decoding step's mask carries causality)."""
+        causal = self.is_causal if causal is None else causal
         dropping = not self.deterministic and self.cfg.attention_probs_dropout_prob > 0.0
         returning = self.is_mutable_collection(ATTENTION_WEIGHTS) and not self.is_initializing()
         if not dropping and not returning:
             return jax.nn.dot_product_attention(
-                q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask_Bx1xTxS, is_causal=self.is_causal,
+                q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask_Bx1xTxS, is_causal=causal,
                 implementation=kernels.attention_implementation(self.cfg.kernels))
-        probs_BxHxTxS = attention_probs(q_BxTxHxK, k_BxSxHxK, mask_Bx1xTxS, self.is_causal)
+        probs_BxHxTxS = attention_probs(q_BxTxHxK, k_BxSxHxK, mask_Bx1xTxS, causal)
         if returning:
             self.sow(ATTENTION_WEIGHTS, "probs", probs_BxHxTxS)
         probs_BxHxTxS = self.dropout(probs_BxHxTxS.astype(q_BxTxHxK.dtype), deterministic=self.deterministic,
