@@ -85,19 +85,27 @@ class CompileReport:
         return "model (scan_layers: XLA counts the layer loop once)" if self.scan_layers else "compiled program"
 
     @property
+    def compute_seconds(self) -> float:
+        """The step's FLOPs per chip at the chip's bf16 peak."""
+        return self.flops_per_step / self.slice.num_chips / self.slice.chip.peak_bf16_flops
+
+    @property
+    def memory_seconds(self) -> float:
+        """The compiled program's HBM traffic per chip (XLA's bytes accessed) at the chip's bandwidth."""
+        return self.bytes_accessed_per_chip * self.grad_accum_steps / self.slice.chip.hbm_bandwidth
+
+    @property
     def roofline_seconds(self) -> float:
         """A lower bound on the step time: the larger of compute at the chip's bf16 peak and HBM traffic at its
         bandwidth. Not a measurement (communication, the host and imperfect overlap all add)."""
-        chip = self.slice.chip
-        compute = self.flops_per_step / self.slice.num_chips / chip.peak_bf16_flops
-        memory = self.bytes_accessed_per_chip * self.grad_accum_steps / chip.hbm_bandwidth
-        return max(compute, memory)
+        return max(self.compute_seconds, self.memory_seconds)
 
     def as_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "slice"}
         out.update(slice=self.slice.accelerator_type, topology=self.slice.topology, chips=self.slice.num_chips,
                    hbm_bytes=self.hbm_bytes, peak_bytes=self.peak_bytes, fits=self.fits,
                    flops_per_step=self.flops_per_step, flops_per_token=self.flops_per_token,
+                   compute_seconds=self.compute_seconds, memory_seconds=self.memory_seconds,
                    roofline_seconds=self.roofline_seconds)
         return out
 
@@ -120,8 +128,9 @@ class CompileReport:
             f"  FLOPs                {self.flops_per_step:.3e} per step, {self.flops_per_token:.3e} per token "
             f"({self.flops_source}); model {self.model_flops_per_token:.3e} per token (ratio {ratio:.2f})",
             f"  roofline bound       >= {self.roofline_seconds * 1e3:.1f} ms per step at "
-            f"{chip.peak_bf16_flops / 1e12:.0f} TFLOP/s and {chip.hbm_bandwidth / 1e12:.2f} TB/s per chip (a bound, not a measurement), i.e. <= "
-            f"{self.tokens_per_step / self.roofline_seconds:,.0f} tokens/s",
+            f"{chip.peak_bf16_flops / 1e12:.0f} TFLOP/s and {chip.hbm_bandwidth / 1e12:.2f} TB/s per chip (a bound, "
+            f"not a measurement: compute {self.compute_seconds * 1e3:.1f} ms, HBM traffic "
+            f"{self.memory_seconds * 1e3:.1f} ms), i.e. <= {self.tokens_per_step / self.roofline_seconds:,.0f} tokens/s",
         ]
         return "\n".join(lines)
 
