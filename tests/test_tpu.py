@@ -193,3 +193,22 @@ def test_cli_needs_a_topology():
     assert "--compile_only needs --topology" in proc.stderr
     proc = _cli("--model=bert-tiny", "--topology=v4-24")
     assert proc.returncode == 2 and "not a slice size" in proc.stderr
+
+
+def test_compile_only_prints_the_report_and_trains_nothing(bert_v4, monkeypatch, capsys, tmp_path):
+    cfg, task, report = bert_v4
+    seen = {}
+
+    def fake_compile(c, t, tpu_slice, **kw):
+        seen["slice"] = tpu_slice
+        return report
+
+    monkeypatch.setattr(aot, "compile_train_step", fake_compile)
+    out_dir = tmp_path / "run"
+    result = aot.compile_only(cfg.replace(output_dir=str(out_dir), topology="v4-8"), task)
+    assert seen["slice"] == accelerators.parse_slice("v4-8")
+    text = capsys.readouterr().out
+    assert report.format() in text and "peak" in text and "roofline bound" in text
+    assert result["stopped_by"] == "compile_only" and result["compile_report"]["peak_bytes"] == report.peak_bytes
+    assert result["compile_report"]["chips"] == 4 and result["compile_report"]["fits"]
+    assert not out_dir.exists()  # nothing written: no checkpoints, no metrics
