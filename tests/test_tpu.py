@@ -162,6 +162,10 @@ def test_peak_over_hbm_is_reported_with_what_to_change(bert_v4):
     cfg, _, report = bert_v4
     too_big = dataclasses.replace(report, temp_bytes=40 * 2**30)
     assert not too_big.fits and "DOES NOT FIT" in too_big.format()
+    with pytest.raises(aot.DoesNotFit, match=r"does not fit v4-8 .*: 40\.\d\d GiB per chip needed "
+                                             r"\(activations 40\.00"):
+        aot.check_fits(cfg, too_big)
+    aot.check_fits(cfg, report)  # fits: no error
     advice = aot.suggestions(cfg, report.mesh, state_fraction=0.7)
     assert advice[0].startswith("--mesh_shape=2,2,1")  # state dominates: FSDP first
     assert any(a.startswith("--grad_accum_steps=2") for a in advice)
@@ -199,7 +203,8 @@ def test_compile_only_prints_the_report_and_trains_nothing(bert_v4, monkeypatch,
     cfg, task, report = bert_v4
     seen = {}
 
-    def fake_compile(c, t, tpu_slice, **kw):
+    def fake_compile(c, t, tpu_slice, check_fit=True):
+        assert not check_fit  # the report is printed first, then the fit is checked
         seen["slice"] = tpu_slice
         return report
 

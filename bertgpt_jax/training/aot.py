@@ -130,7 +130,8 @@ class CompileReport:
             f"  roofline bound       >= {self.roofline_seconds * 1e3:.1f} ms per step at "
             f"{chip.peak_bf16_flops / 1e12:.0f} TFLOP/s and {chip.hbm_bandwidth / 1e12:.2f} TB/s per chip (a bound, "
             f"not a measurement: compute {self.compute_seconds * 1e3:.1f} ms, HBM traffic "
-            f"{self.memory_seconds * 1e3:.1f} ms), i.e. <= {self.tokens_per_step / self.roofline_seconds:,.0f} tokens/s",
+            f"{self.memory_seconds * 1e3:.1f} ms), i.e. <= "
+            f"{self.tokens_per_step / self.roofline_seconds:,.0f} tokens/s",
         ]
         return "\n".join(lines)
 
@@ -175,7 +176,11 @@ def compile_train_step(cfg: TrainConfig, task: Task, topology: str | accelerator
     tpu_slice = topology if isinstance(topology, accelerators.Slice) else \
         accelerators.parse_slice(topology or cfg.topology or "")
     devices = accelerators.topology_devices(tpu_slice)
-    mesh = sharding.make_mesh(cfg.mesh_shape, devices=devices)
+    try:
+        mesh = sharding.make_mesh(cfg.mesh_shape, devices=devices)
+    except ValueError as e:
+        raise ValueError(f"--mesh_shape={','.join(map(str, cfg.mesh_shape))} does not fit {tpu_slice.describe()}: "
+                         f"{e}") from None
     loop.validate(cfg, task, mesh)
     schedule, optimizer = loop.make_optimizer(cfg)
     abstract, shardings = state_lib.abstract_state(task, optimizer, mesh)
@@ -210,13 +215,20 @@ def compile_train_step(cfg: TrainConfig, task: Task, topology: str | accelerator
         code_bytes=int(mem.generated_code_size_in_bytes), compiled_flops_per_chip=float(cost.get("flops", 0.0)),
         bytes_accessed_per_chip=float(cost.get("bytes accessed", 0.0)),
         model_flops_per_token=float(task.flops_per_token()), compile_seconds=round(seconds, 1))
-    if check_fit and not report.fits:
-        raise _does_not_fit(cfg, tpu_slice, mesh_shape,
-                            f"{report.peak_bytes / GiB:.2f} GiB per chip needed (activations "
-                            f"{report.temp_bytes / GiB:.2f} GiB, state {(param_bytes + opt_bytes) / GiB:.2f} GiB), "
-                            f"{report.hbm_bytes / GiB:.0f} GiB of HBM per chip",
-                            (param_bytes + opt_bytes) / report.hbm_bytes)
+    if check_fit:
+        check_fits(cfg, report)
     return report
+
+
+def check_fits(cfg: TrainConfig, report: CompileReport) -> None:
+    """Raises :class:`DoesNotFit`, naming what to change, when the report's peak exceeds the chip's HBM."""
+    if report.fits:
+        return
+    state = report.param_bytes + report.opt_state_bytes
+    raise _does_not_fit(cfg, report.slice, report.mesh,
+                        f"{report.peak_bytes / GiB:.2f} GiB per chip needed (activations {report.temp_bytes / GiB:.2f} "
+                        f"GiB, state {state / GiB:.2f} GiB), {report.hbm_bytes / GiB:.0f} GiB of HBM per chip",
+                        state / report.hbm_bytes)
 
 
 def compile_only(cfg: TrainConfig, task: Task) -> dict:
@@ -227,6 +239,7 @@ def compile_only(cfg: TrainConfig, task: Task) -> dict:
     tpu_slice = accelerators.parse_slice(cfg.topology)
     print(f"[compile_only] compiling the train step of {cfg.model} for {tpu_slice.describe()} (minutes for a large "
           "model on a few CPU cores)", flush=True)
-    report = compile_train_step(cfg, task, tpu_slice)
+    report = compile_train_step(cfg, task, tpu_slice, check_fit=False)
     print(report.format(), flush=True)
+    check_fits(cfg, report)
     return {"stopped_by": "compile_only", "headline_metrics": (), "compile_report": report.as_dict()}
