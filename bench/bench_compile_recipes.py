@@ -63,7 +63,7 @@ def compile_recipe(path: str):
 def table(rows: list[dict]) -> str:
     g = lambda b: f"{b / 2**30:.2f}"  # noqa: E731
     lines = ["| recipe | slice (chips) | mesh data x fsdp x tensor | params | state GiB/chip | activations GiB/chip "
-             "| peak / HBM GiB | TFLOP per step | roofline bound s/step | compile s |",
+             "| peak / HBM GiB | TFLOP per step | bound s/step (compute, HBM) | compile s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mesh = " x ".join(str(v) for v in r["mesh"].values())
@@ -71,16 +71,28 @@ def table(rows: list[dict]) -> str:
             f"| {r['recipe']} | {r['slice']} ({r['chips']}) | {mesh} | {r['params'] / 1e6:.0f}M "
             f"| {g(r['param_bytes'] + r['opt_state_bytes'])} | {g(r['temp_bytes'])} "
             f"| {g(r['peak_bytes'])} / {g(r['hbm_bytes'])}{'' if r['fits'] else ' (does not fit)'} "
-            f"| {r['flops_per_step'] / 1e12:,.0f} | {r['roofline_seconds']:.2f} | {r['compile_seconds']:.0f} |")
+            f"| {r['flops_per_step'] / 1e12:,.0f} | {r['roofline_seconds']:.3f} ({r['compute_seconds']:.3f}, "
+            f"{r['memory_seconds']:.3f}) | {r['compile_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipes", default="", help="Comma-separated recipe names (default: every TPU recipe).")
+    parser.add_argument("--from_jsonl", default="", help="Only render the table from an earlier run's .jsonl.")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "compile_recipes.md"),
                         help="Markdown table to write (rewritten after each recipe).")
     args = parser.parse_args()
+    if args.from_jsonl:
+        from bertgpt_jax import accelerators
+
+        rows = [json.loads(line) for line in open(args.from_jsonl, encoding="utf-8")]
+        for r in rows:  # records written before the two bounds were recorded
+            chip = accelerators.parse_slice(r["slice"]).chip
+            r.setdefault("compute_seconds", r["flops_per_step"] / r["chips"] / chip.peak_bf16_flops)
+            r.setdefault("memory_seconds", r["bytes_accessed_per_chip"] * r["grad_accum_steps"] / chip.hbm_bandwidth)
+        print(table(rows), end="")
+        return
     paths = {os.path.basename(p)[:-len(".flags")]: p for p in glob.glob(os.path.join(ROOT, "experiments", "*.flags"))}
     names = [n for n in args.recipes.split(",") if n] or \
         sorted((n for n in paths if stated_slice(paths[n])), key=lambda n: ORDER.index(n) if n in ORDER else 99)

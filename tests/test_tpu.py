@@ -162,6 +162,10 @@ def test_peak_over_hbm_is_reported_with_what_to_change(bert_v4):
     cfg, _, report = bert_v4
     too_big = dataclasses.replace(report, temp_bytes=40 * 2**30)
     assert not too_big.fits and "DOES NOT FIT" in too_big.format()
+    with pytest.raises(aot.DoesNotFit, match=r"does not fit v4-8 .*: 40\.\d\d GiB per chip needed "
+                                             r"\(activations 40\.00"):
+        aot.check_fits(cfg, too_big)
+    aot.check_fits(cfg, report)  # fits: no error
     advice = aot.suggestions(cfg, report.mesh, state_fraction=0.7)
     assert advice[0].startswith("--mesh_shape=2,2,1")  # state dominates: FSDP first
     assert any(a.startswith("--grad_accum_steps=2") for a in advice)
@@ -193,3 +197,23 @@ def test_cli_needs_a_topology():
     assert "--compile_only needs --topology" in proc.stderr
     proc = _cli("--model=bert-tiny", "--topology=v4-24")
     assert proc.returncode == 2 and "not a slice size" in proc.stderr
+
+
+def test_compile_only_prints_the_report_and_trains_nothing(bert_v4, monkeypatch, capsys, tmp_path):
+    cfg, task, report = bert_v4
+    seen = {}
+
+    def fake_compile(c, t, tpu_slice, check_fit=True):
+        assert not check_fit  # the report is printed first, then the fit is checked
+        seen["slice"] = tpu_slice
+        return report
+
+    monkeypatch.setattr(aot, "compile_train_step", fake_compile)
+    out_dir = tmp_path / "run"
+    result = aot.compile_only(cfg.replace(output_dir=str(out_dir), topology="v4-8"), task)
+    assert seen["slice"] == accelerators.parse_slice("v4-8")
+    text = capsys.readouterr().out
+    assert report.format() in text and "peak" in text and "roofline bound" in text
+    assert result["stopped_by"] == "compile_only" and result["compile_report"]["peak_bytes"] == report.peak_bytes
+    assert result["compile_report"]["chips"] == 4 and result["compile_report"]["fits"]
+    assert not out_dir.exists()  # nothing written: no checkpoints, no metrics

@@ -85,19 +85,27 @@ class CompileReport:
         return "model (scan_layers: XLA counts the layer loop once)" if self.scan_layers else "compiled program"
 
     @property
+    def compute_seconds(self) -> float:
+        """The step's FLOPs per chip at the chip's bf16 peak."""
+        return self.flops_per_step / self.slice.num_chips / self.slice.chip.peak_bf16_flops
+
+    @property
+    def memory_seconds(self) -> float:
+        """The compiled program's HBM traffic per chip (XLA's bytes accessed) at the chip's bandwidth."""
+        return self.bytes_accessed_per_chip * self.grad_accum_steps / self.slice.chip.hbm_bandwidth
+
+    @property
     def roofline_seconds(self) -> float:
         """A lower bound on the step time: the larger of compute at the chip's bf16 peak and HBM traffic at its
         bandwidth. Not a measurement (communication, the host and imperfect overlap all add)."""
-        chip = self.slice.chip
-        compute = self.flops_per_step / self.slice.num_chips / chip.peak_bf16_flops
-        memory = self.bytes_accessed_per_chip * self.grad_accum_steps / chip.hbm_bandwidth
-        return max(compute, memory)
+        return max(self.compute_seconds, self.memory_seconds)
 
     def as_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "slice"}
         out.update(slice=self.slice.accelerator_type, topology=self.slice.topology, chips=self.slice.num_chips,
                    hbm_bytes=self.hbm_bytes, peak_bytes=self.peak_bytes, fits=self.fits,
                    flops_per_step=self.flops_per_step, flops_per_token=self.flops_per_token,
+                   compute_seconds=self.compute_seconds, memory_seconds=self.memory_seconds,
                    roofline_seconds=self.roofline_seconds)
         return out
 
@@ -120,7 +128,9 @@ class CompileReport:
             f"  FLOPs                {self.flops_per_step:.3e} per step, {self.flops_per_token:.3e} per token "
             f"({self.flops_source}); model {self.model_flops_per_token:.3e} per token (ratio {ratio:.2f})",
             f"  roofline bound       >= {self.roofline_seconds * 1e3:.1f} ms per step at "
-            f"{chip.peak_bf16_flops / 1e12:.0f} TFLOP/s and {chip.hbm_bandwidth / 1e12:.2f} TB/s per chip (a bound, not a measurement), i.e. <= "
+            f"{chip.peak_bf16_flops / 1e12:.0f} TFLOP/s and {chip.hbm_bandwidth / 1e12:.2f} TB/s per chip (a bound, "
+            f"not a measurement: compute {self.compute_seconds * 1e3:.1f} ms, HBM traffic "
+            f"{self.memory_seconds * 1e3:.1f} ms), i.e. <= "
             f"{self.tokens_per_step / self.roofline_seconds:,.0f} tokens/s",
         ]
         return "\n".join(lines)
@@ -166,7 +176,11 @@ def compile_train_step(cfg: TrainConfig, task: Task, topology: str | accelerator
     tpu_slice = topology if isinstance(topology, accelerators.Slice) else \
         accelerators.parse_slice(topology or cfg.topology or "")
     devices = accelerators.topology_devices(tpu_slice)
-    mesh = sharding.make_mesh(cfg.mesh_shape, devices=devices)
+    try:
+        mesh = sharding.make_mesh(cfg.mesh_shape, devices=devices)
+    except ValueError as e:
+        raise ValueError(f"--mesh_shape={','.join(map(str, cfg.mesh_shape))} does not fit {tpu_slice.describe()}: "
+                         f"{e}") from None
     loop.validate(cfg, task, mesh)
     schedule, optimizer = loop.make_optimizer(cfg)
     abstract, shardings = state_lib.abstract_state(task, optimizer, mesh)
@@ -201,13 +215,20 @@ def compile_train_step(cfg: TrainConfig, task: Task, topology: str | accelerator
         code_bytes=int(mem.generated_code_size_in_bytes), compiled_flops_per_chip=float(cost.get("flops", 0.0)),
         bytes_accessed_per_chip=float(cost.get("bytes accessed", 0.0)),
         model_flops_per_token=float(task.flops_per_token()), compile_seconds=round(seconds, 1))
-    if check_fit and not report.fits:
-        raise _does_not_fit(cfg, tpu_slice, mesh_shape,
-                            f"{report.peak_bytes / GiB:.2f} GiB per chip needed (activations "
-                            f"{report.temp_bytes / GiB:.2f} GiB, state {(param_bytes + opt_bytes) / GiB:.2f} GiB), "
-                            f"{report.hbm_bytes / GiB:.0f} GiB of HBM per chip",
-                            (param_bytes + opt_bytes) / report.hbm_bytes)
+    if check_fit:
+        check_fits(cfg, report)
     return report
+
+
+def check_fits(cfg: TrainConfig, report: CompileReport) -> None:
+    """Raises :class:`DoesNotFit`, naming what to change, when the report's peak exceeds the chip's HBM."""
+    if report.fits:
+        return
+    state = report.param_bytes + report.opt_state_bytes
+    raise _does_not_fit(cfg, report.slice, report.mesh,
+                        f"{report.peak_bytes / GiB:.2f} GiB per chip needed (activations {report.temp_bytes / GiB:.2f} "
+                        f"GiB, state {state / GiB:.2f} GiB), {report.hbm_bytes / GiB:.0f} GiB of HBM per chip",
+                        state / report.hbm_bytes)
 
 
 def compile_only(cfg: TrainConfig, task: Task) -> dict:
@@ -218,6 +239,7 @@ def compile_only(cfg: TrainConfig, task: Task) -> dict:
     tpu_slice = accelerators.parse_slice(cfg.topology)
     print(f"[compile_only] compiling the train step of {cfg.model} for {tpu_slice.describe()} (minutes for a large "
           "model on a few CPU cores)", flush=True)
-    report = compile_train_step(cfg, task, tpu_slice)
+    report = compile_train_step(cfg, task, tpu_slice, check_fit=False)
     print(report.format(), flush=True)
+    check_fits(cfg, report)
     return {"stopped_by": "compile_only", "headline_metrics": (), "compile_report": report.as_dict()}
