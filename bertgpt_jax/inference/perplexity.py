@@ -3,7 +3,8 @@
 GPT-2 (the standard strided evaluation): the text is one token stream; windows of ``max_length`` tokens
 start every ``stride`` tokens, and each window scores only the tokens the previous window did not, so
 every token after the first is scored exactly once with at least ``max_length - stride`` tokens of
-context (when there are that many before it). ``stride = max_length`` gives disjoint windows.
+context (when there are that many before it). ``stride = max_length`` gives disjoint windows, whose first
+tokens are then not scored (nothing in their window predicts them), as in transformers' recipe.
 Perplexity = exp(sum of NLL / tokens scored).
 
 BERT (Salazar et al. 2020, "Masked Language Model Scoring"): for each line, every token but [CLS]/[SEP]
