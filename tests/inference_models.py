@@ -29,16 +29,17 @@ def bpe_tokenizer(vocab_size: int = 400):
 
 def gpt2_config(vocab_size: int, **changes) -> configs.ModelConfig:
     vocab_size = -(-vocab_size // 8) * 8  # divisible by the tensor axis of a test mesh
-    return configs.get("gpt2").replace(
-        vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-        max_position_embeddings=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-        bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1, **changes)
+    return configs.get("gpt2").replace(**{
+        **dict(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=128, max_position_embeddings=128, hidden_dropout_prob=0.0,
+               attention_probs_dropout_prob=0.0, bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1),
+        **changes})
 
 
 def hf_model(cfg: configs.ModelConfig, seed: int = 0, std: float = 0.1, position_std: float = 1.0):
     """transformers' model for ``cfg`` with random weights. Large position embeddings make a random GPT-2's
     greedy output vary from step to step instead of repeating one token."""
-    hf_cfg = cfg.to_hf_dict()
+    hf_cfg = {**cfg.to_hf_dict(), "attn_implementation": "eager"}  # eager returns attention weights
     if cfg.is_gpt:
         model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_cfg))
     else:

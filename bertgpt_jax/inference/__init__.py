@@ -2,6 +2,9 @@
 
     loaded = inference.load("runs/gpt_demo/output")          # or an HF directory
     [[gen]] = inference.generate(loaded, ["The Python"], max_new_tokens=32, do_sample=True, top_k=40)
+    feats = inference.extract_features(bert, ["a sentence", ("a", "pair")]); feats.layers[-1], feats.mean
+    words = inference.fill_mask(bert, "The [MASK] statement ends a loop.")
+    maps = inference.attention_maps(bert, "text"); inference.draw_attention(maps, "attention.png")
 """
 
 from bertgpt_jax import lazy_exports
@@ -14,6 +17,13 @@ _EXPORTS = {
     "Generation": "generation",
     "Sampling": "generation",
     "generate": "generation",
+    "extract_features": "features",
+    "Features": "features",
+    "fill_mask": "fill_mask",
+    "gpt2_perplexity": "perplexity",
+    "bert_pseudo_perplexity": "perplexity",
+    "attention_maps": "attention",
+    "draw_attention": "attention",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)
