@@ -366,6 +366,32 @@ def _write_store_manifest(output_dir, tok, dtype, config_key, args, stats, write
 
 build_store = create_token_store  # the name the trainer's demo calls
 
+INSTANCES_FILE = "bert_instances.json"
+# The BERT instance recipe: the names, defaults and help of pretrain's flags (tasks.PretrainingData).
+RECIPE_FIELDS = ("max_predictions_per_seq", "dupe_factor", "dynamic_masking", "do_whole_word_mask", "masked_lm_prob",
+                 "short_seq_prob")
+
+
+def cut_bert_instances(store_dir: str, *, max_seq_length: int, random_seed: int, **recipe) -> dict:
+    """Cuts the BERT MLM+NSP instances of every split now, as the original ``create_pretraining_data.py`` does
+    (cached beside the store, where ``pretrain`` with the same recipe finds them), and records the recipe and
+    the instance counts in ``store_dir/bert_instances.json``."""
+    from bertgpt_jax.data import bert_examples
+
+    store = token_store.TokenStore(store_dir)
+    counts = {}
+    for split in store.splits:
+        if not store.manifest["splits"][split].get("documents"):
+            continue
+        ds = bert_examples.bert_dataset(store_dir, split, max_seq_length=max_seq_length, seed=random_seed,
+                                        whole_word_mask=recipe["do_whole_word_mask"],
+                                        **{k: v for k, v in recipe.items() if k != "do_whole_word_mask"})
+        counts[split] = len(ds)
+    record = {"recipe": {"max_seq_length": max_seq_length, "random_seed": random_seed, **recipe},
+              "instances": counts}
+    atomic_files.write_json(os.path.join(store_dir, INSTANCES_FILE), record)
+    return record
+
 
 def main(argv) -> None:
     del argv
@@ -384,6 +410,11 @@ def main(argv) -> None:
               f"in {len(info['shards'])} shards")
     print(f"skipped: {manifest['skipped'] or 'nothing'}; tokenizer {manifest['tokenizer']['kind']} "
           f"(vocab {manifest['tokenizer']['vocab_size']}) -> {out}")
+    if F.max_seq_length:
+        record = cut_bert_instances(out, max_seq_length=F.max_seq_length, random_seed=F.random_seed,
+                                    **{name: F[name].value for name in RECIPE_FIELDS})
+        print(f"BERT instances ({', '.join(f'{k}={v}' for k, v in record['recipe'].items())}): "
+              + ", ".join(f"{split} {n}" for split, n in record["instances"].items()))
 
 
 def _define_flags() -> None:
@@ -402,7 +433,18 @@ def _define_flags() -> None:
     flags.DEFINE_integer("vocab_size", 8192, "Vocabulary size when training a tokenizer.")
     flags.DEFINE_integer("train_max_sentences", None, "Train the vocabulary on at most this many sentences.")
     flags.DEFINE_float("validation_fraction", 0.02, "Fraction of documents held out for validation.")
-    flags.DEFINE_integer("random_seed", 12345, "Key of the hash that splits documents.")
+    flags.DEFINE_integer("random_seed", 12345, "Key of the hash that splits documents, and seed of the BERT "
+                         "instances' cutting and masking (the original's 12345).")
+    flags.DEFINE_integer("max_seq_length", None, "Also cut the BERT MLM+NSP instances now for this sequence length, "
+                         "as the original script does (cached in the store for pretrain runs with the same recipe, "
+                         "recorded in bert_instances.json). Default: pretrain cuts them when it first reads the store.")
+    from bertgpt_jax.tasks.pretraining import PretrainingData
+
+    fields = {f.name: f for f in dataclasses.fields(PretrainingData)}
+    define = {int: flags.DEFINE_integer, float: flags.DEFINE_float, bool: flags.DEFINE_bool}
+    for name in RECIPE_FIELDS:
+        f = fields[name]
+        define[type(f.default)](name, f.default, f.metadata["help"] + " With --max_seq_length.")
     flags.DEFINE_integer("max_shard_tokens", 1 << 26, "A shard is closed once it holds this many tokens.")
     flags.DEFINE_integer("num_workers", None, "Tokenizing processes (default: one per core).")
     flags.DEFINE_string("text_field", "text", "JSONL/TFDS field that holds the text.")

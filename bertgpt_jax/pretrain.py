@@ -91,7 +91,21 @@ def run(train: TrainConfig, data: PretrainingData) -> dict:
     if train.output_dir:
         record_recipe(train.output_dir, data.recipe(model_cfg.is_bert))
         describe_run(train, data, model_cfg)
-    return loop.run(train, task)
+    result = loop.run(train, task)
+    if data.fill_mask_examples > 0 and model_cfg.is_bert and not data.synthetic and result["stopped_by"] == "end":
+        import jax
+
+        from bertgpt_jax import inference
+        from bertgpt_jax.data import token_store
+
+        blanks = inference.held_out_blanks(data.dataset, data.fill_mask_examples)
+        if blanks and jax.process_index() == 0:
+            preds = inference.predict_blanks(task.model, jax.device_get(result["params"]), blanks)
+            result["fill_mask"] = preds
+            text = inference.format_predictions(blanks, preds, token_store.TokenStore(data.dataset).tokenizer())
+            print(f"[pretrain] fill in the blanks (held-out validation sentences; * = top-1 right):\n{text}",
+                  flush=True)
+    return result
 
 
 def describe_run(train: TrainConfig, data: PretrainingData, model_cfg) -> None:

@@ -139,3 +139,26 @@ def test_a_store_without_pad_token_masks_real_id_zero(tmp_path):
     predicted = b["masked_lm_ids"][b["masked_lm_weights"] > 0]
     assert (predicted == 0).mean() > 0.3  # about half the tokens are 0, and they are masked like the others
     assert np.all(b["input_ids"][b["input_mask"] == 0] == 0)  # padding is still id 0, marked by input_mask
+
+
+def test_create_pretraining_data_cuts_the_instances_with_the_original_recipe(tmp_path):
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    rng = np.random.default_rng(0)
+    docs = ["\n".join(" ".join(rng.choice(words, 9)) + "." for _ in range(6)) for _ in range(30)]
+    (tmp_path / "corpus.txt").write_text("\n\n".join(docs) + "\n")
+    out = tmp_path / "store"
+    run = subprocess.run([sys.executable, "-m", "bertgpt_jax.create_pretraining_data",
+                          f"--input_file={tmp_path / 'corpus.txt'}", f"--output_dir={out}", "--vocab_size=64",
+                          "--validation_fraction=0.2", "--max_seq_length=32", "--max_predictions_per_seq=5",
+                          "--num_workers=0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    with open(out / "bert_instances.json") as f:
+        record = json.load(f)
+    assert record["recipe"] == {"max_seq_length": 32, "random_seed": 12345, "max_predictions_per_seq": 5,
+                                "dupe_factor": 10, "dynamic_masking": False, "do_whole_word_mask": False,
+                                "masked_lm_prob": 0.15, "short_seq_prob": 0.1}
+    # pretrain with the same recipe reads the same instances (the cut cached in the store).
+    ds = data.bert_dataset(str(out), "train", max_seq_length=32, max_predictions_per_seq=5, dupe_factor=10,
+                           dynamic_masking=False, seed=12345)
+    assert record["instances"]["train"] == len(ds) > 0 and "validation" in record["instances"]
+    assert "BERT instances (max_seq_length=32" in run.stdout

@@ -24,6 +24,9 @@ _EXPORTS = {
     "bert_pseudo_perplexity": "perplexity",
     "attention_maps": "attention",
     "draw_attention": "attention",
+    "held_out_blanks": "blanks",
+    "predict_blanks": "blanks",
+    "format_predictions": "blanks",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

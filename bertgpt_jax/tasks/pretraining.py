@@ -38,6 +38,8 @@ class PretrainingData:
                                     "original's 0.1).")
     random_seed: int = setting(12345, "Seed of the instance cutting and masking (BERT; the original's 12345). "
                                "--seed sets initialisation, dropout and the data order.")
+    fill_mask_examples: int = setting(0, "After training, print the top-5 fill-in-the-blank predictions for this "
+                                      "many held-out validation sentences (BERT).")
     build_store_from: str | None = setting(
         None, "If --dataset does not exist yet, build it first from this corpus ('default' = the embedded "
         "default corpus; a vocabulary is trained when no --vocab_file is given).")

@@ -199,6 +199,7 @@ def _run(cfg, task, mesh, schedule, optimizer, abstract, shardings, train_it, ck
         ev = {k: v for k, v in result.items() if k.startswith("eval/")}
         _print(f"[{type(task).__name__}] eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()))
     result["final_step"] = int(jax.device_get(state.step))
+    result["params"] = state.params  # the final parameters, for what the caller does next (fill-mask, export)
     return result
 
 

@@ -115,27 +115,62 @@ def format_line(step: int, record: dict) -> str:
     return " | ".join(parts + evals)
 
 
-def plot_loss_curve(metrics_path: str, png_path: str) -> bool:
-    """Train (and eval) loss against step, written with the Agg backend. False when nothing to plot."""
-    records = read_jsonl(metrics_path) if os.path.exists(metrics_path) else []
+def smoothed(values, weight: float = 0.8) -> list[float]:
+    """Exponential moving average with TensorBoard's debiasing: ``ema_t / (1 - weight^t)``."""
+    out, ema = [], 0.0
+    for t, v in enumerate(values, 1):
+        ema = weight * ema + (1.0 - weight) * v
+        out.append(ema / (1.0 - weight ** t))
+    return out
+
+
+def curves(records: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """What the loss-curve figure draws: raw and smoothed train loss, eval loss, and every eval accuracy (or
+    perplexity when there is none), each as (step, value) pairs."""
     train = [(r["step"], r["train/loss"]) for r in records if "train/loss" in r]
-    evals = [(r["step"], r["eval/loss"]) for r in records if "eval/loss" in r]
-    if not train and not evals:
+    out = {"train loss": train,
+           "train loss (smoothed)": list(zip([s for s, _ in train], smoothed([v for _, v in train]))),
+           "eval loss": [(r["step"], r["eval/loss"]) for r in records if "eval/loss" in r]}
+    keys = sorted({k for r in records for k in r if k.startswith("eval/") and k.endswith("accuracy")})
+    if not keys and any("eval/perplexity" in r for r in records):
+        keys = ["eval/perplexity"]
+    for k in keys:
+        out[k] = [(r["step"], r[k]) for r in records if k in r]
+    return out
+
+
+def plot_loss_curve(metrics_path: str, png_path: str) -> bool:
+    """Loss against step (raw and smoothed train, eval) beside the eval metrics, written with the Agg backend.
+    False when nothing to plot."""
+    records = read_jsonl(metrics_path) if os.path.exists(metrics_path) else []
+    c = curves(records)
+    if not c["train loss"] and not c["eval loss"]:
         return False
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train:
-        ax.plot(*zip(*train), label="train loss")
-    if evals:
-        ax.plot(*zip(*evals), "o-", label="eval loss")
+    fig, (ax, ax_eval) = plt.subplots(1, 2, figsize=(12, 4))
+    if c["train loss"]:
+        ax.plot(*zip(*c["train loss"]), alpha=0.35, label="train loss")
+        ax.plot(*zip(*c["train loss (smoothed)"]), label="train loss (smoothed)")
+    if c["eval loss"]:
+        ax.plot(*zip(*c["eval loss"]), "o-", label="eval loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend()
+    metric_keys = [k for k in c if k.startswith("eval/")]
+    for k in metric_keys:
+        ax_eval.plot(*zip(*c[k]), "o-", label=k)
+    ax_eval.set_xlabel("step")
+    ax_eval.set_ylabel("perplexity" if metric_keys == ["eval/perplexity"] else "accuracy")
+    ax_eval.set_title("evaluation" if metric_keys else "evaluation (none yet)")
+    ax_eval.grid(alpha=0.3)
+    if metric_keys:
+        ax_eval.legend()
+    fig.tight_layout()
     tmp = png_path + ".tmp.png"
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
