@@ -81,7 +81,8 @@ class BertPretraining(PretrainingTask):
         from bertgpt_jax import data
 
         return data.bert_dataset(self.data.dataset, split=split, max_seq_length=self.seq_len,
-                                 max_predictions_per_seq=self.max_predictions, seed=seed)
+                                 max_predictions_per_seq=self.max_predictions, seed=seed,
+                                 vocab_file=self.data.vocab_file)
 
     def synthetic_batch(self, rng: np.random.Generator, batch: int) -> Batch:
         """[CLS] A [SEP] B [SEP] of counting tokens; B is the continuation or (label 1) another count."""
