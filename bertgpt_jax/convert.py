@@ -267,22 +267,49 @@ _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, 
                        "BOOL": np.bool_}
 
 
+MAX_SAFETENSORS_HEADER = 100 << 20  # the safetensors library's own limit
+
+
 def load_safetensors(path: str) -> dict[str, np.ndarray]:
-    """Memory-mapped tensors of a ``.safetensors`` file, bf16 included (``safetensors.numpy`` rejects it)."""
+    """Memory-mapped tensors of a ``.safetensors`` file, bf16 included (``safetensors.numpy`` rejects it).
+    A damaged file (a header length beyond the file or the format's limit, tensors past its end, offsets
+    that disagree with shapes) is an error that names the file and the tensor."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist (expected an HF checkpoint in safetensors format)")
+    size = os.path.getsize(path)
+    damaged = f"{path} is not a valid safetensors file"
     with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise ValueError(f"{damaged}: {size} bytes, shorter than the 8-byte header length")
+        (n,) = struct.unpack("<Q", raw)
+        if n > MAX_SAFETENSORS_HEADER or 8 + n > size:
+            raise ValueError(f"{damaged}: its header length {n} exceeds the file ({size} bytes) or the format's "
+                             f"limit of {MAX_SAFETENSORS_HEADER} bytes; the file is truncated or damaged")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            raise ValueError(f"{damaged}: its header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{damaged}: its header is not a JSON object")
+    data_bytes = size - 8 - n
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if data_bytes else np.zeros(0, np.uint8)
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
         if info["dtype"] not in _SAFETENSORS_DTYPES:
             raise ValueError(f"tensor {name} in {path} has dtype {info['dtype']}, which is not supported")
-        start, end = info["data_offsets"]
-        out[name] = data[start:end].view(_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+        dtype = np.dtype(_SAFETENSORS_DTYPES[info["dtype"]])
+        start, end = (int(x) for x in info["data_offsets"])
+        expected = int(np.prod(info["shape"], dtype=np.int64)) * dtype.itemsize
+        if not 0 <= start <= end <= data_bytes:
+            raise ValueError(f"tensor {name} in {path} lies at bytes [{start}, {end}) of a data section of "
+                             f"{data_bytes} bytes: the file is truncated or damaged")
+        if end - start != expected:
+            raise ValueError(f"tensor {name} in {path} has shape {info['shape']} ({expected} bytes of "
+                             f"{info['dtype']}) but spans {end - start} bytes: the file is damaged")
+        out[name] = data[start:end].view(dtype).reshape(info["shape"])
     return out
 
 
@@ -290,11 +317,20 @@ def load_hf_tensors(hf_dir: str) -> dict[str, np.ndarray]:
     """All tensors of an HF directory: ``model.safetensors`` or shards listed in ``model.safetensors.index.json``."""
     index = os.path.join(hf_dir, SAFETENSORS + ".index.json")
     if not os.path.exists(os.path.join(hf_dir, SAFETENSORS)) and os.path.exists(index):
-        with open(index, encoding="utf-8") as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
+        try:
+            with open(index, encoding="utf-8") as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{index} is not a valid safetensors index (a JSON object with a weight_map): "
+                             f"{type(e).__name__}: {e}") from None
+        root = os.path.realpath(hf_dir)
         tensors: dict[str, np.ndarray] = {}
         for name in files:
-            tensors.update(load_safetensors(os.path.join(hf_dir, name)))
+            full = os.path.realpath(os.path.join(hf_dir, str(name)))
+            if os.path.dirname(full) != root:
+                raise ValueError(f"{index} names the weight file {name!r}, which is outside the checkpoint "
+                                 f"directory {hf_dir}; a weight map may only name files in that directory")
+            tensors.update(load_safetensors(full))
         return tensors
     return load_safetensors(os.path.join(hf_dir, SAFETENSORS))
 
@@ -412,7 +448,7 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
+    from bertgpt_jax import cli
 
     _define_flags()
-    app.run(main)
+    cli.run(main, user_errors=(ValueError, FileNotFoundError, NotADirectoryError))

@@ -35,6 +35,7 @@ from bertgpt_jax.tokenization.base import Tokenizer
 SPLITS = ("train", "validation")
 RUN_FILE = "run.json"
 SMALL_INPUT_BYTES = 4 << 20
+HASH_INPUT_BYTES = 64 << 20  # inputs up to this size are also keyed by a hash of their content
 _HASH_RANGE = 1 << 32
 
 
@@ -133,15 +134,17 @@ def _process_in_worker(task: tuple):
 class _SplitWriter:
     """Writes one split as consecutive shards; a shard is finished once it holds ``max_tokens`` tokens."""
 
-    def __init__(self, store_dir: str, split: str, max_tokens: int, first_index: int, config_key: str):
+    def __init__(self, store_dir: str, split: str, max_tokens: int, first_index: int, config_key: str,
+                 dtype: np.dtype):
         self.store_dir, self.split, self.max_tokens, self.config_key = store_dir, split, max_tokens, config_key
+        self.dtype = np.dtype(dtype)
         self.index = first_index
         self.writer = None
         self._reset()
 
     def _reset(self):
         self.stats = {"documents": 0, "sentences": 0, "tokens": 0, "empty_sentences": 0,
-                      "empty_token_documents": 0}
+                      "empty_token_documents": 0, "max_token_id": -1}
 
     def write(self, record: bytes | None, sentences: int, tokens: int, empty_sentences: int,
               position: tuple[int, int]):
@@ -155,6 +158,8 @@ class _SplitWriter:
                 self.path = os.path.join(self.store_dir, shard_file(self.split, self.index))
                 self.writer = ArrayRecordWriter(self.path + ".tmp", token_store.WRITER_OPTIONS)
             self.writer.write(record)
+            tokens, _ = token_store.decode_document(record, self.dtype)
+            self.stats["max_token_id"] = max(self.stats["max_token_id"], int(tokens.max()))
             self.stats["documents"] += 1
             self.stats["sentences"] += sentences
             self.stats["tokens"] += tokens
@@ -226,6 +231,55 @@ def _resolve_tokenizer(output_dir: str, input_file: str, tokenizer, vocab_file, 
     return tokenizer
 
 
+def input_identity(input_file: str) -> list:
+    """What a resume must find unchanged: each input file's path, size and modification time, and for
+    inputs up to ``HASH_INPUT_BYTES`` in all a SHA-256 of the content (a same-second, same-size edit)."""
+    if input_file.startswith("tfds:"):
+        return [input_file]
+    paths = corpus.expand_paths(corpus.DEFAULT_CORPUS if input_file == corpus.DEFAULT else input_file)
+    if any("://" in p for p in paths):
+        return sorted(paths)
+    stats = [(p, os.stat(p)) for p in paths]
+    hashed = sum(st.st_size for _, st in stats) <= HASH_INPUT_BYTES
+    out = []
+    for p, st in stats:
+        entry = [os.path.abspath(p), st.st_size, st.st_mtime_ns]
+        if hashed:
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    h.update(chunk)
+            entry.append(h.hexdigest())
+        out.append(entry)
+    return out
+
+
+def _changed_inputs(before: list, now: list) -> str:
+    old = {e[0]: e for e in before if isinstance(e, list)}
+    names = [e[0] for e in now if isinstance(e, list) and old.get(e[0]) != e]
+    names += [p for p in old if p not in {e[0] for e in now if isinstance(e, list)}]
+    return ", ".join(names) or "the list of input files"
+
+
+def _remove_stale_shards(output_dir: str, config_key: str) -> int:
+    """Deletes finished shards (and their records) of an earlier run whose settings or input differ."""
+    removed = 0
+    for name in os.listdir(output_dir):
+        if not name.endswith(".array_record.json"):
+            continue
+        try:
+            with open(os.path.join(output_dir, name), encoding="utf-8") as f:
+                stale = json.load(f).get("config") != config_key
+        except ValueError:
+            stale = True
+        if stale:
+            for path in (os.path.join(output_dir, name[: -len(".json")]), os.path.join(output_dir, name)):
+                if os.path.exists(path):
+                    os.remove(path)
+            removed += 1
+    return removed
+
+
 def _total_bytes(input_file: str) -> int | None:
     """Sum of the input files' sizes, for the progress bar's ETA (None when unknown: gzip, gs://, tfds)."""
     if input_file.startswith("tfds:"):
@@ -258,7 +312,11 @@ def create_token_store(input_file: str = corpus.DEFAULT, output_dir: str = "", *
     if max_shard_tokens < 1:
         raise ValueError(f"max_shard_tokens {max_shard_tokens} must be positive")
     if not input_file.startswith("tfds:") and input_file != corpus.DEFAULT:
-        corpus.expand_paths(input_file)  # a missing input fails now, before any vocabulary training
+        paths = corpus.expand_paths(input_file)  # a missing input fails now, before any vocabulary training
+        if all("://" not in p and os.path.getsize(p) == 0 for p in paths):
+            raise ValueError(f"input_file {input_file} is empty ({len(paths)} file(s) of 0 bytes): there is "
+                             "nothing to tokenize")
+    identity = input_identity(input_file)
     os.makedirs(output_dir, exist_ok=True)
     args = {"input_file": input_file, "vocab_file": vocab_file, "train_tokenizer": train_tokenizer,
             "vocab_size": vocab_size, "do_lower_case": do_lower_case, "validation_fraction": validation_fraction,
@@ -268,20 +326,41 @@ def create_token_store(input_file: str = corpus.DEFAULT, output_dir: str = "", *
                              do_lower_case, text_field, train_max_sentences)
     config = StageConfig(input_file, float(validation_fraction), int(split_seed), int(max_shard_tokens),
                          text_field, int(unit_bytes), tok.fingerprint)
-    config_key = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:16]
+    # The key of a store's contents: its settings and its input (a changed input is never resumed).
+    config_key = hashlib.sha256(json.dumps({**dataclasses.asdict(config), "input": identity},
+                                           sort_keys=True).encode()).hexdigest()[:16]
+    run_path = os.path.join(output_dir, RUN_FILE)
+    previous = None
+    if os.path.exists(run_path):
+        try:
+            with open(run_path, encoding="utf-8") as f:
+                previous = json.load(f)
+        except ValueError:
+            previous = None
+    input_changed = (previous is not None and previous.get("config") == dataclasses.asdict(config)
+                     and previous.get("input") != identity)
     if os.path.exists(manifest_path):
         with open(manifest_path, encoding="utf-8") as f:
             if json.load(f).get("config_key") == config_key:
                 return output_dir  # complete already
+        if input_changed:
+            raise ValueError(f"{output_dir} holds a complete token store of an earlier version of the input "
+                             f"({_changed_inputs(previous['input'], identity)} changed since); write to a new "
+                             "output_dir or delete this one to tokenize the input as it is now")
         raise ValueError(f"{output_dir} holds a complete token store made with other settings; write to a "
                          "new output_dir or delete this one")
+    if input_changed:
+        print(f"[create_pretraining_data] the input changed since the interrupted run "
+              f"({_changed_inputs(previous['input'], identity)}): its shards are discarded, starting over",
+              file=sys.stderr, flush=True)
+    _remove_stale_shards(output_dir, config_key)
     dtype = token_store.token_dtype(tok.vocab_size)
     done = {s: _finished_shards(output_dir, s, config_key) for s in SPLITS}
     resume = {s: (done[s][-1]["end"] if done[s] else [0, 0]) for s in SPLITS}
-    writers = {s: _SplitWriter(output_dir, s, max_shard_tokens, len(done[s]), config_key) for s in SPLITS}
+    writers = {s: _SplitWriter(output_dir, s, max_shard_tokens, len(done[s]), config_key, dtype) for s in SPLITS}
     stats = corpus.CorpusStats()
-    atomic_files.write_json(os.path.join(output_dir, RUN_FILE), {"args": args, "config": dataclasses.asdict(config),
-                                                      "config_key": config_key})
+    atomic_files.write_json(run_path, {"args": args, "config": dataclasses.asdict(config), "input": identity,
+                                       "config_key": config_key})
     units = corpus.iter_units(input_file, stats, text_field, unit_bytes)
     tasks = ((n, kind, payload, dtype.str, validation_fraction, split_seed, resume, text_field)
              for n, (kind, payload) in enumerate(units))
@@ -327,6 +406,14 @@ def create_token_store(input_file: str = corpus.DEFAULT, output_dir: str = "", *
             pool.terminate()
         if bar is not None:
             bar.close()
+    invalid = stats.skipped.get("invalid_utf8_bytes", 0)
+    if invalid > stats.bytes / 2:
+        print(f"[create_pretraining_data] WARNING: {invalid} of the {stats.bytes} bytes read from {input_file} "
+              "are not valid UTF-8 text: is it a binary file?", file=sys.stderr, flush=True)
+    if not any(w.index or w.stats["documents"] for w in writers.values()):
+        raise ValueError(f"input_file {input_file} yielded no document with any token ({stats.bytes} bytes read, "
+                         f"skipped: {dict(stats.skipped) or 'nothing'}); expected text, one sentence per line "
+                         "and a blank line between documents, or JSONL with a text field")
     return _write_store_manifest(output_dir, tok, dtype, config_key, args, stats, writers,
                                  time.perf_counter() - started)
 
@@ -334,21 +421,21 @@ def create_token_store(input_file: str = corpus.DEFAULT, output_dir: str = "", *
 def _progress(enabled: bool, total: int | None):
     if not enabled:
         return None
-    from tqdm import tqdm
+    from bertgpt_jax import progress
 
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="tokenizing", smoothing=0.1,
-                dynamic_ncols=True)
+    return progress.progress(total, unit="B", desc="tokenizing", scale_bytes=True, smoothing=0.1)
 
 
 def _write_store_manifest(output_dir, tok, dtype, config_key, args, stats, writers, seconds) -> str:
     splits, skipped = {}, collections.Counter(stats.skipped)
     for split in SPLITS:
         shards = _finished_shards(output_dir, split, config_key)
-        info = {"shards": [], "documents": 0, "sentences": 0, "tokens": 0}
+        info = {"shards": [], "documents": 0, "sentences": 0, "tokens": 0, "max_token_id": -1}
         for meta in shards:
             info["shards"].append(shard_file(split, meta["index"]))
             for k in ("documents", "sentences", "tokens"):
                 info[k] += meta[k]
+            info["max_token_id"] = max(info["max_token_id"], int(meta.get("max_token_id", tok.vocab_size - 1)))
             skipped["sentences_without_tokens"] += meta["empty_sentences"]
             skipped["documents_without_tokens"] += meta["empty_token_documents"]
         carry = writers[split].carry_counts()
@@ -452,7 +539,7 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
+    from bertgpt_jax import cli
 
     _define_flags()
-    app.run(main)
+    cli.run(main, user_errors=(ValueError, FileNotFoundError, NotADirectoryError))

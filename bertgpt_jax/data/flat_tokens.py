@@ -79,50 +79,96 @@ def load(store: token_store.TokenStore, split: str, cache_dir: str | None = None
 
 
 def _open(prefix: str, tokenizer_info: dict) -> FlatSplit:
-    with open(prefix + ".json", encoding="utf-8") as f:
-        header = json.load(f)
+    try:
+        with open(prefix + ".json", encoding="utf-8") as f:
+            header = json.load(f)
+    except ValueError as e:
+        raise ValueError(f"pipeline cache header {prefix}.json is damaged ({e}); delete the cache directory "
+                         f"{os.path.dirname(prefix)} and it is rebuilt") from None
     arrays = {}
     for name in ("tokens", "sentence_ends", "doc_sentences"):
         dtype, count = np.dtype(header[name]["dtype"]), header[name]["count"]
+        path = f"{prefix}.{name}"
+        if count and os.path.getsize(path) != count * dtype.itemsize:
+            raise ValueError(f"pipeline cache file {path} has {os.path.getsize(path)} bytes, its header says "
+                             f"{count * dtype.itemsize}; delete {os.path.dirname(prefix)} and it is rebuilt")
         # np.memmap refuses empty files; an empty split is reported by load().
-        arrays[name] = (np.memmap(f"{prefix}.{name}", dtype=dtype, mode="r", shape=(count,)) if count
-                        else np.zeros((0,), dtype))
+        arrays[name] = np.memmap(path, dtype=dtype, mode="r", shape=(count,)) if count else np.zeros((0,), dtype)
+    _check_ids(arrays["tokens"], int(tokenizer_info["vocab_size"]), f"{prefix}.tokens")
     return FlatSplit(prefix=prefix, tokenizer_info=tokenizer_info, **arrays)
+
+
+def _check_ids(tokens: np.ndarray, vocab_size: int, path: str) -> None:
+    """Every id below ``vocab_size`` (one pass over the memory-mapped file, in chunks)."""
+    step = 1 << 24
+    for lo in range(0, len(tokens), step):
+        top = int(tokens[lo:lo + step].max())
+        if top >= vocab_size:
+            raise ValueError(f"{path} holds token id {top}, outside the vocabulary of {vocab_size} ids; the file "
+                             f"is damaged or stale: delete the cache directory {os.path.dirname(path)} and it is "
+                             "rebuilt from the store")
 
 
 def _build(store: token_store.TokenStore, split: str, prefix: str) -> None:
     # Unique temporary names: several processes may build the same cache at once; the last rename wins
-    # and all of them write identical bytes.
+    # and all of them write identical bytes. On any failure they are removed, and the error names the file.
     tmp = f".{uuid.uuid4().hex}.tmp"
     names = ("tokens", "sentence_ends", "doc_sentences")
-    files = {n: open(f"{prefix}.{n}{tmp}", "wb") for n in names}
-    counts = dict.fromkeys(names, 0)
+    files = {}
     try:
-        src = store.source(split)
-        total_tokens, total_sentences = 0, 0
-        files["doc_sentences"].write(np.zeros(1, "<i8").tobytes())
-        counts["doc_sentences"] = 1
-        for lo in range(0, len(src), _READ_BATCH):
-            records = src.__getitems__(range(lo, min(lo + _READ_BATCH, len(src))))
-            for record in records:
-                tokens, ends = store.decode(record)
-                ends = ends.astype(np.int64)
-                keep = np.diff(ends, prepend=0) > 0  # drop empty sentences
-                if not keep.any():
-                    continue
-                files["tokens"].write(tokens.astype(store.dtype, copy=False).tobytes())
-                files["sentence_ends"].write((ends[keep] + total_tokens).astype("<i8").tobytes())
-                total_tokens += len(tokens)
-                total_sentences += int(keep.sum())
-                files["doc_sentences"].write(np.array([total_sentences], "<i8").tobytes())
-                counts["doc_sentences"] += 1
-        counts["tokens"], counts["sentence_ends"] = total_tokens, total_sentences
-    finally:
+        for n in names:
+            files[n] = open(f"{prefix}.{n}{tmp}", "wb")
+        counts = _fill(store, split, files)
         for f in files.values():
             f.close()
-    for n in names:
-        os.replace(f"{prefix}.{n}{tmp}", f"{prefix}.{n}")
+        for n in names:
+            os.replace(f"{prefix}.{n}{tmp}", f"{prefix}.{n}")
+    except OSError as e:
+        raise OSError(f"cannot write the pipeline cache {prefix}.* in {os.path.dirname(prefix)} ({e}); free "
+                      "space there or pass cache_dir= another directory") from e
+    finally:
+        for n, f in files.items():
+            f.close()
+            if os.path.exists(f"{prefix}.{n}{tmp}"):
+                os.remove(f"{prefix}.{n}{tmp}")
     header = {"tokens": {"dtype": store.dtype.str, "count": counts["tokens"]},
               "sentence_ends": {"dtype": "<i8", "count": counts["sentence_ends"]},
               "doc_sentences": {"dtype": "<i8", "count": counts["doc_sentences"]}}
     atomic_files.write_json(prefix + ".json", header)
+
+
+def _fill(store: token_store.TokenStore, split: str, files: dict) -> dict:
+    """Writes the split's flat arrays shard by shard; a shard that cannot be read is named."""
+    import grain
+
+    total_tokens, total_sentences, num_docs = 0, 0, 0
+    files["doc_sentences"].write(np.zeros(1, "<i8").tobytes())
+    counts = {"doc_sentences": 1}
+    for path in store.shard_paths(split):
+        try:
+            src = grain.sources.ArrayRecordDataSource([path])
+            num_docs += len(src)
+            for lo in range(0, len(src), _READ_BATCH):
+                records = src.__getitems__(range(lo, min(lo + _READ_BATCH, len(src))))
+                for record in records:
+                    tokens, ends = store.decode(record)
+                    ends = ends.astype(np.int64)
+                    keep = np.diff(ends, prepend=0) > 0  # drop empty sentences
+                    if not keep.any():
+                        continue
+                    files["tokens"].write(tokens.astype(store.dtype, copy=False).tobytes())
+                    files["sentence_ends"].write((ends[keep] + total_tokens).astype("<i8").tobytes())
+                    total_tokens += len(tokens)
+                    total_sentences += int(keep.sum())
+                    files["doc_sentences"].write(np.array([total_sentences], "<i8").tobytes())
+                    counts["doc_sentences"] += 1
+        except (RuntimeError, ValueError, IndexError) as e:
+            raise ValueError(f"token store shard {path} cannot be read ({type(e).__name__}: {str(e)[:300]}); the "
+                             "file is damaged: re-create the store with python -m "
+                             "bertgpt_jax.create_pretraining_data") from None
+    documents = int(store.manifest["splits"][split]["documents"])
+    if num_docs != documents:
+        raise ValueError(f"split {split!r} of token store {store.dir}: the manifest counts {documents} documents, "
+                         f"its shards hold {num_docs}; the manifest and the shards do not belong together")
+    counts["tokens"], counts["sentence_ends"] = total_tokens, total_sentences
+    return counts

@@ -86,11 +86,27 @@ def write_manifest(store_dir: str, manifest: dict) -> None:
     atomic_files.write_json(os.path.join(store_dir, MANIFEST), manifest, indent=2, sort_keys=True)
 
 
+def shard_stats_path(shard_path: str) -> str:
+    """The per-shard record the tokenization stage writes beside each shard (split, counts, largest id)."""
+    return shard_path + ".json"
+
+
+def _read_json(path: str, what: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError as e:
+        raise ValueError(f"{what} {path} is not valid JSON ({e}); the file is damaged: re-create the store "
+                         "with python -m bertgpt_jax.create_pretraining_data") from None
+
+
 class TokenStore:
     """Read access to a complete token store.
 
-    ``manifest["splits"][split]`` holds ``shards`` (file names), ``documents``, ``sentences``, ``tokens``;
-    ``manifest["tokenizer"]`` holds ``kind``, ``vocab_size``, ``fingerprint`` and the special-token ids.
+    ``manifest["splits"][split]`` holds ``shards`` (file names), ``documents``, ``sentences``, ``tokens``
+    (and ``max_token_id`` when the store records it); ``manifest["tokenizer"]`` holds ``kind``,
+    ``vocab_size``, ``fingerprint`` and the special-token ids. Opening checks that the manifest agrees with
+    itself and with the per-shard records (see :meth:`check`).
     """
 
     def __init__(self, store_dir: str):
@@ -102,11 +118,60 @@ class TokenStore:
                                  "re-run create_pretraining_data to finish it")
             raise FileNotFoundError(f"{store_dir} is not a token store (no {MANIFEST}); create one with "
                                     "python -m bertgpt_jax.create_pretraining_data")
-        with open(path, encoding="utf-8") as f:
-            self.manifest = json.load(f)
-        if self.manifest.get("format") != FORMAT:
+        self.manifest = _read_json(path, "token store manifest")
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT:
             raise ValueError(f"{path} is not a bertgpt_jax token store manifest")
         self.dtype = np.dtype(self.manifest["dtype"])
+        self.check()
+
+    def check(self) -> None:
+        """Raises, naming the file, when the manifest's shard lists disagree with the shards' own records
+        (a shard dropped from a list, or listed under the wrong split), when a shard appears in two splits,
+        or when a token id or special id lies outside the vocabulary."""
+        path = os.path.join(self.dir, MANIFEST)
+        vocab = int(self.tokenizer_info["vocab_size"])
+        for key, value in sorted(self.tokenizer_info.items()):
+            if key.endswith("_token_id") and value is not None and not 0 <= int(value) < vocab:
+                raise ValueError(f"{path}: tokenizer {key} {value} lies outside the vocabulary of {vocab} ids")
+        owner: dict[str, str] = {}
+        for split, info in self.manifest["splits"].items():
+            for name in info["shards"]:
+                if name in owner:
+                    raise ValueError(f"{path}: shard {name} is listed under both {owner[name]!r} and {split!r}; "
+                                     "the splits must be disjoint")
+                owner[name] = split
+            top = info.get("max_token_id")
+            if top is not None and int(top) >= vocab:
+                raise ValueError(f"{path}: split {split!r} holds token id {top}, outside the vocabulary of "
+                                 f"{vocab} ids; the store and its tokenizer do not belong together")
+        config_key = self.manifest.get("config_key")
+        records = {}
+        for name in sorted(os.listdir(self.dir)):
+            if not name.endswith(".array_record.json"):
+                continue
+            meta = _read_json(os.path.join(self.dir, name), "shard record")
+            if config_key is not None and meta.get("config") == config_key:
+                records[name[: -len(".json")]] = meta
+        for name, meta in records.items():
+            if name not in owner:
+                raise ValueError(f"{path} does not list shard {name}, which its record "
+                                 f"{name}.json puts in split {meta.get('split')!r}: the manifest was edited "
+                                 "or damaged")
+            if meta.get("split") != owner[name]:
+                raise ValueError(f"{path} lists shard {name} under {owner[name]!r}, but its record {name}.json "
+                                 f"says it belongs to {meta.get('split')!r}")
+            if meta.get("max_token_id") is not None and int(meta["max_token_id"]) >= vocab:
+                raise ValueError(f"shard {os.path.join(self.dir, name)} holds token id {meta['max_token_id']}, "
+                                 f"outside the vocabulary of {vocab} ids")
+        for split, info in self.manifest["splits"].items():
+            missing = [n for n in info["shards"] if not os.path.exists(os.path.join(self.dir, n))]
+            if missing:
+                raise ValueError(f"{path} lists shards of split {split!r} that do not exist: {missing}")
+            if records and all(n in records for n in info["shards"]):
+                docs = sum(int(records[n]["documents"]) for n in info["shards"])
+                if docs != int(info["documents"]):
+                    raise ValueError(f"{path}: split {split!r} claims {info['documents']} documents, its shards' "
+                                     f"records hold {docs}")
 
     @property
     def splits(self) -> list[str]:

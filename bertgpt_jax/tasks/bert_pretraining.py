@@ -84,7 +84,8 @@ class BertPretraining(PretrainingTask):
         return data.bert_dataset(d.dataset, split=split, max_seq_length=self.seq_len,
                                  max_predictions_per_seq=self.max_predictions, masked_lm_prob=d.masked_lm_prob,
                                  short_seq_prob=d.short_seq_prob, whole_word_mask=d.do_whole_word_mask,
-                                 dupe_factor=d.dupe_factor, dynamic_masking=d.dynamic_masking, seed=d.random_seed)
+                                 dupe_factor=d.dupe_factor, dynamic_masking=d.dynamic_masking, seed=d.random_seed,
+                                 vocab_file=d.vocab_file)
 
     def synthetic_batch(self, rng: np.random.Generator, batch: int) -> Batch:
         """[CLS] A [SEP] B [SEP] of counting tokens; B is the continuation or (label 1) another count."""

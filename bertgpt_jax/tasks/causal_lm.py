@@ -61,7 +61,7 @@ class CausalLM(PretrainingTask):
     def dataset(self, split: str, seed: int):
         from bertgpt_jax import data
 
-        return data.gpt_dataset(self.data.dataset, split=split, seq_len=self.seq_len)
+        return data.gpt_dataset(self.data.dataset, split=split, seq_len=self.seq_len, vocab_file=self.data.vocab_file)
 
     def synthetic_batch(self, rng: np.random.Generator, batch: int) -> Batch:
         tokens = synthetic.counting(rng, (batch, self.seq_len + 1), self.model_cfg.vocab_size)

@@ -43,7 +43,8 @@ class PretrainingData:
     build_store_from: str | None = setting(
         None, "If --dataset does not exist yet, build it first from this corpus ('default' = the embedded "
         "default corpus; a vocabulary is trained when no --vocab_file is given).")
-    vocab_file: str | None = setting(None, "Tokenizer for --build_store_from (vocab.txt, tokenizer.json, ...).")
+    vocab_file: str | None = setting(None, "Tokenizer of the run (vocab.txt, tokenizer.json, ...): builds the store "
+                                     "with --build_store_from; a store written with another tokenizer is refused.")
     store_vocab_size: int = setting(4096, "Vocabulary size to train for --build_store_from without --vocab_file.")
     store_tokenizer: str = setting("wordpiece", "Tokenizer to train for --build_store_from without --vocab_file "
                                    "(GPT needs one with an end-of-text token: bpe).",

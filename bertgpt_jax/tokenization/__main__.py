@@ -53,4 +53,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from bertgpt_jax import cli
+
+    cli.run(main, user_errors=(ValueError, FileNotFoundError, NotADirectoryError))

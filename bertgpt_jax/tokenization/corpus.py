@@ -106,6 +106,7 @@ def _decode(raw: bytes, stats: CorpusStats) -> list[str]:
                 lines.append(line.decode("utf-8"))
             except UnicodeDecodeError:
                 stats.skipped["invalid_utf8_lines"] += 1
+                stats.skipped["invalid_utf8_bytes"] += len(line)
                 lines.append(line.decode("utf-8", errors="replace"))
         return lines
 

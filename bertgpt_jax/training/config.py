@@ -60,7 +60,12 @@ class TrainConfig:
     max_eval_steps: int = setting(100, "Evaluation batches per evaluation.")
     log_every_steps: int = setting(100, "Write a metrics record every N steps.")
     save_checkpoints_steps: int = setting(1000, "Checkpoint every N steps (and at the end).")
-    keep_checkpoint_max: int = setting(3, "Checkpoints kept (oldest deleted).")
+    keep_checkpoint_max: int = setting(3, "Checkpoints kept (oldest deleted); 0 keeps all. The newest is never "
+                                       "deleted.")
+    on_damaged_checkpoint: str = setting("fallback", "When the latest checkpoint fails its checksums or cannot be "
+                                         "read: 'fallback' moves it to output_dir/damaged_checkpoints, warns and "
+                                         "resumes from the newest intact one; 'stop' ends the run naming the "
+                                         "problem.", choices=("fallback", "stop"))
     async_checkpoints: bool = setting(True, "Write checkpoints in the background while training goes on.")
     best_metric: str | None = setting(None, "Keep the parameters with the best value of this eval metric in "
                                       "output_dir/best_checkpoint, e.g. eval/loss or eval/masked_lm_accuracy.")
@@ -93,7 +98,8 @@ class TrainConfig:
     topology: str | None = setting(None, "TPU slice for --compile_only: a slice name (v4-32 = 32 TensorCores = 16 "
                                    "chips, v5litepod-16, v5p-64, v6e-8) or a topology (v4:2x2x4, v5e:4x4).")
     # Output.
-    progress_bar: bool = setting(True, "Show a tqdm progress bar.")
+    progress_bar: bool = setting(True, "Show a tqdm progress bar on a terminal (plain progress lines every "
+                                 "30 s when output goes to a file).")
     tensorboard: bool = setting(True, "Write TensorBoard event files to output_dir/tensorboard.")
     plot: bool = setting(True, "Draw output_dir/loss_curve.png at the end.")
 

@@ -12,9 +12,9 @@ import flax.linen as nn
 import jax
 from absl import logging
 
-from bertgpt_jax import models, sharding
+from bertgpt_jax import models, progress, sharding
 from bertgpt_jax.tasks.base import Task
-from bertgpt_jax.training import checkpointing, inputs, metrics, optimizers, schedules
+from bertgpt_jax.training import checkpointing, inputs, metrics, optimizers, run_lock, schedules
 from bertgpt_jax.training import state as state_lib
 from bertgpt_jax.training import step as step_lib
 from bertgpt_jax.training.config import DEFAULT_WARMUP_STEPS, NONFINITE_MODES, TrainConfig
@@ -50,7 +50,30 @@ def validate(cfg: TrainConfig, task: Task, mesh: jax.sharding.Mesh | jax.shardin
         raise ValueError(f"log_every_steps must be positive, got {cfg.log_every_steps}")
     if cfg.save_checkpoints_steps <= 0:
         raise ValueError(f"save_checkpoints_steps must be positive, got {cfg.save_checkpoints_steps}")
+    if cfg.keep_checkpoint_max < 0:
+        raise ValueError(f"keep_checkpoint_max must be >= 0 (0 keeps every checkpoint), got {cfg.keep_checkpoint_max}")
+    if not cfg.clip_grad_norm >= 0:
+        raise ValueError(f"clip_grad_norm must be >= 0 (0 turns clipping off), got {cfg.clip_grad_norm}")
+    if cfg.dropout is not None and not 0.0 <= cfg.dropout < 1.0:
+        raise ValueError(f"dropout must lie in [0, 1) (the probability of dropping a unit), got {cfg.dropout}")
+    if not cfg.learning_rate > 0:
+        raise ValueError(f"learning_rate must be positive, got {cfg.learning_rate}")
+    if cfg.do_eval and cfg.max_eval_steps <= 0:
+        raise ValueError(f"max_eval_steps must be positive when evaluating, got {cfg.max_eval_steps}; "
+                         "pass --do_eval=false to skip evaluation")
     task.check()
+
+
+def check_eval_data(cfg: TrainConfig, task: Task) -> None:
+    """Fails before the first step when evaluation is asked for but its data yields no batch."""
+    if not cfg.do_eval:
+        return
+    try:
+        next(iter(task.eval_batches(cfg.eval_batch_size, cfg.seed)))
+    except (ValueError, StopIteration) as e:
+        why = str(e) or f"it yields no batch of {cfg.eval_batch_size} examples"
+        raise ValueError(f"evaluation (--do_eval) cannot run: {why}; pass --do_eval=false, a smaller "
+                         "--eval_batch_size, or data with a validation split") from None
 
 
 def make_optimizer(cfg: TrainConfig):
@@ -123,33 +146,41 @@ def evaluate(eval_step, params, cfg: TrainConfig, task: Task, mesh: jax.sharding
 
 def run(cfg: TrainConfig, task: Task) -> dict:
     """Trains and/or evaluates ``task`` as ``cfg`` says. Returns the last train and eval figures (and
-    ``stopped_by``)."""
-    mesh = sharding.make_mesh(cfg.mesh_shape)
-    validate(cfg, task, mesh)
-    schedule, optimizer = make_optimizer(cfg)
-    abstract, shardings = state_lib.abstract_state(task, optimizer, mesh)
-    if jax.process_index() == 0:
-        os.makedirs(cfg.output_dir, exist_ok=True)
+    ``stopped_by``). SIGTERM at any point from here on ends the run cleanly (saving if anything was trained);
+    ``output_dir`` is locked against a second run for the whole time."""
+    with _Preemption() as preempt:
+        mesh = sharding.make_mesh(cfg.mesh_shape)
+        validate(cfg, task, mesh)
+        schedule, optimizer = make_optimizer(cfg)
+        abstract, shardings = state_lib.abstract_state(task, optimizer, mesh)
+        lock = run_lock.RunLock(cfg.output_dir).acquire() if jax.process_index() == 0 else None
+        try:
+            check_eval_data(cfg, task)
+            train_it = task.train_batches(cfg.train_batch_size, cfg.seed)
+            ckpt = checkpointing.Checkpointer(
+                checkpointing.checkpoint_dir(cfg.output_dir), max_to_keep=cfg.keep_checkpoint_max,
+                data_iter=train_it, async_save=cfg.async_checkpoints, best_metric=cfg.best_metric,
+                best_mode=cfg.best_mode, on_damaged=cfg.on_damaged_checkpoint)
+            writer = metrics.MetricsWriter(cfg.output_dir, tensorboard=cfg.tensorboard)
+            try:
+                return _run(cfg, task, mesh, schedule, optimizer, abstract, shardings, train_it, ckpt, writer,
+                            preempt)
+            finally:
+                ckpt.close()
+                writer.close()
+                if cfg.plot and jax.process_index() == 0:
+                    metrics.plot_loss_curve(writer.path, os.path.join(cfg.output_dir, "loss_curve.png"))
+        finally:
+            if lock is not None:
+                lock.release()
 
-    train_it = task.train_batches(cfg.train_batch_size, cfg.seed)
-    ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(cfg.output_dir), max_to_keep=cfg.keep_checkpoint_max,
-                                      data_iter=train_it, async_save=cfg.async_checkpoints,
-                                      best_metric=cfg.best_metric, best_mode=cfg.best_mode)
-    writer = metrics.MetricsWriter(cfg.output_dir, tensorboard=cfg.tensorboard)
-    try:
-        return _run(cfg, task, mesh, schedule, optimizer, abstract, shardings, train_it, ckpt, writer)
-    finally:
-        ckpt.close()
-        writer.close()
-        if cfg.plot and jax.process_index() == 0:
-            metrics.plot_loss_curve(writer.path, os.path.join(cfg.output_dir, "loss_curve.png"))
 
-
-def _run(cfg, task, mesh, schedule, optimizer, abstract, shardings, train_it, ckpt, writer) -> dict:
-    resumed_from = ckpt.latest_step()
+def _run(cfg, task, mesh, schedule, optimizer, abstract, shardings, train_it, ckpt, writer, preempt) -> dict:
+    state, resumed_from = ckpt.restore_latest(abstract)
+    # Records after the checkpoint resumed from (or all of them, with none) belong to work that is redone.
+    writer.supersede_after(resumed_from or 0)
     if resumed_from is not None:
         logging.info("resuming from %s step %d", ckpt.directory, resumed_from)
-        state = ckpt.restore(abstract, resumed_from)
     else:
         state = state_lib.create_state(task, optimizer, mesh, cfg.seed, shardings=shardings)
         if cfg.init_checkpoint:
@@ -165,6 +196,11 @@ def _run(cfg, task, mesh, schedule, optimizer, abstract, shardings, train_it, ck
                               "headline_metrics": task.headline_metrics, **report}
 
     start = int(jax.device_get(state.step))
+    if cfg.do_train and start >= cfg.num_train_steps and resumed_from is not None:
+        _print(f"[{type(task).__name__}] training already complete: the checkpoint in {ckpt.directory} is at "
+               f"step {start} (num_train_steps {cfg.num_train_steps}); nothing to train")
+    if preempt.requested:  # SIGTERM while restoring or initialising: nothing new to save
+        return _stopped_in_start_up(task, result, start)
     if cfg.do_train and start < cfg.num_train_steps:
         train_step = build_train_step(cfg, task, mesh, schedule, optimizer, shardings)
         batch = inputs.place(next(train_it), mesh, cfg.train_batch_size)
@@ -186,12 +222,18 @@ def _run(cfg, task, mesh, schedule, optimizer, abstract, shardings, train_it, ck
         _print(f"[{type(task).__name__}] {cfg.model}: {n_params:,} params, "
                f"{report['state_bytes_per_device'] / 2**20:.1f} MB state/device, mesh {dict(mesh.shape)}, "
                f"kernels {task.model_cfg.kernels}, compiled in {report['compile_seconds']}s")
+        if preempt.requested:  # SIGTERM during compilation: no step was taken
+            return _stopped_in_start_up(task, result, start)
         result.update(_train_loop(cfg, task, compiled, state, batch, train_it, ckpt, writer, eval_step, mesh, start,
-                                  tokens_per_step, flops_per_step, report["peak_flops_total"]))
+                                  tokens_per_step, flops_per_step, report["peak_flops_total"], preempt))
         state = result.pop("state")
     if cfg.do_eval and result["stopped_by"] == "end":
         step = int(jax.device_get(state.step))
-        if result.get("last_eval_step") != step:
+        earlier = writer.recorded(step, "eval/")
+        if result.get("last_eval_step") != step and earlier:  # a finished run, re-run: its figures stand
+            result.update(earlier)
+            _print(f"[{type(task).__name__}] step {step} was evaluated before (recorded in {writer.path})")
+        elif result.get("last_eval_step") != step:
             ev = evaluate(eval_step, state.params, cfg, task, mesh)
             writer.write(step, ev)
             ckpt.save_best(step, state.params, ev)
@@ -203,19 +245,24 @@ def _run(cfg, task, mesh, schedule, optimizer, abstract, shardings, train_it, ck
     return result
 
 
+def _stopped_in_start_up(task: Task, result: dict, start: int) -> dict:
+    _print(f"[{type(task).__name__}] SIGTERM during start-up: no step taken (state at step {start}), nothing new "
+           "to save; exiting")
+    result.update(stopped_by="sigterm", final_step=start)
+    return result
+
+
 def _print(line: str) -> None:
     if jax.process_index() == 0:
         print(line, flush=True)
 
 
 def _train_loop(cfg, task, compiled, state, batch, train_it, ckpt, writer, eval_step, mesh, start,
-                tokens_per_step, flops_per_step, peak_total) -> dict:
+                tokens_per_step, flops_per_step, peak_total, preempt) -> dict:
     out: dict[str, Any] = {"stopped_by": "end"}
     bar = None
     if cfg.progress_bar and jax.process_index() == 0:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.num_train_steps, initial=start, unit="step", dynamic_ncols=True)
+        bar = progress.progress(cfg.num_train_steps, initial=start, unit="step", desc="training")
     pending = None  # (step number, metrics on device): fetched one step late
     last_time, last_step = time.perf_counter(), start
     skipped = 0
@@ -254,46 +301,56 @@ def _train_loop(cfg, task, compiled, state, batch, train_it, ckpt, writer, eval_
             else:
                 _print(metrics.format_line(step_no, record))
 
-    with _Preemption() as preempt:
-        for i in range(start, cfg.num_train_steps):
-            state, dev_metrics = compiled(state, batch)
-            step_no = i + 1
-            # The iterator has yielded exactly step_no batches here: save before fetching the next.
-            if step_no % cfg.save_checkpoints_steps == 0 or preempt.requested:
-                ckpt.save(state, force=preempt.requested)
-            if preempt.requested:
-                if pending is not None:
-                    handle(*pending)
-                handle(step_no, dev_metrics)
-                ckpt.wait()
-                out["stopped_by"] = "sigterm"
-                _print(f"[{type(task).__name__}] SIGTERM: saved checkpoint at step {step_no} in {ckpt.directory}; "
-                       "exiting")
-                break
-            if step_no < cfg.num_train_steps:
-                batch = inputs.place(next(train_it), mesh, cfg.train_batch_size)
+    for i in range(start, cfg.num_train_steps):
+        state, dev_metrics = compiled(state, batch)
+        step_no = i + 1
+        # The iterator has yielded exactly step_no batches here: save before fetching the next.
+        if step_no % cfg.save_checkpoints_steps == 0 or preempt.requested:
+            # Time the steps, not the save: the step before is logged and this one finished first,
+            # and the save's time is left out of the next record's window.
             if pending is not None:
                 handle(*pending)
-            pending = (step_no, dev_metrics)
-            if bar is not None:
-                bar.update(1)
-            if cfg.do_eval and cfg.eval_every_steps and step_no % cfg.eval_every_steps == 0:
-                t_eval = time.perf_counter()
-                ev = evaluate(eval_step, state.params, cfg, task, mesh)
-                last_time += time.perf_counter() - t_eval  # evaluation time is not training time
-                handle(*pending, extra=ev)
                 pending = None
-                ckpt.save_best(step_no, state.params, ev)
-                out.update(ev)
-                out["last_eval_step"] = step_no
-        else:
+            jax.block_until_ready(dev_metrics)
+            t_save = time.perf_counter()
+            ckpt.save(state, force=preempt.requested)
+            last_time += time.perf_counter() - t_save
+        if preempt.requested:
             if pending is not None:
                 handle(*pending)
-            if cfg.num_train_steps % cfg.save_checkpoints_steps:
-                ckpt.save(state, force=True)
+            handle(step_no, dev_metrics)
+            ckpt.wait()
+            out["stopped_by"] = "sigterm"
+            _print(f"[{type(task).__name__}] SIGTERM: saved checkpoint at step {step_no} in {ckpt.directory}; "
+                   "exiting")
+            break
+        if step_no < cfg.num_train_steps:
+            batch = inputs.place(next(train_it), mesh, cfg.train_batch_size)
+        if pending is not None:
+            handle(*pending)
+        pending = (step_no, dev_metrics)
+        if bar is not None:
+            bar.update(1)
+        if cfg.do_eval and cfg.eval_every_steps and step_no % cfg.eval_every_steps == 0:
+            t_eval = time.perf_counter()
+            ev = evaluate(eval_step, state.params, cfg, task, mesh)
+            last_time += time.perf_counter() - t_eval  # evaluation time is not training time
+            handle(*pending, extra=ev)
+            pending = None
+            ckpt.save_best(step_no, state.params, ev)
+            out.update(ev)
+            out["last_eval_step"] = step_no
+    else:
+        if pending is not None:
+            handle(*pending)
+        if cfg.num_train_steps % cfg.save_checkpoints_steps:
+            ckpt.save(state, force=True)
     if bar is not None:
         bar.close()
     ckpt.wait()
+    if skipped:
+        _print(f"[{type(task).__name__}] --nonfinite=skip: {skipped} of the {step_no - start} steps of this run had "
+               "a non-finite loss or gradient and were skipped (not applied)")
     out["skipped_steps"] = skipped
     out["state"] = state
     return out

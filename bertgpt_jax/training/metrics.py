@@ -8,6 +8,8 @@ import os
 import time
 from typing import Any
 
+from absl import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,7 +63,12 @@ def bytes_per_device(tree: Any) -> int:
 
 
 class MetricsWriter:
-    """Writes records to ``metrics.jsonl`` and TensorBoard (process 0 only) and console lines."""
+    """Writes records to ``metrics.jsonl`` and TensorBoard (process 0 only) and console lines.
+
+    A resumed run calls :meth:`supersede_after` with the step it resumed from: the records of steps after it
+    (logged before the interruption, and now redone) are dropped, so every step has one record. A torn last
+    line (a crash mid-write) is ended before the next record is appended.
+    """
 
     def __init__(self, output_dir: str, *, enabled: bool = True, tensorboard: bool = True):
         self.enabled = enabled and jax.process_index() == 0
@@ -70,6 +77,7 @@ class MetricsWriter:
         self._tb = None
         if self.enabled:
             os.makedirs(output_dir, exist_ok=True)
+            _end_torn_line(self.path)
             self._file = open(self.path, "a", encoding="utf-8")
             if tensorboard:
                 from tensorboardX import SummaryWriter
@@ -90,6 +98,35 @@ class MetricsWriter:
                 if k != "step" and isinstance(v, float) and math.isfinite(v):
                     self._tb.add_scalar(k, v, step)
 
+    def supersede_after(self, step: int) -> int:
+        """Drops the records of steps after ``step`` (work a resumed run redoes). Returns how many."""
+        if not self.enabled or not os.path.exists(self.path):
+            return 0
+        records = read_jsonl(self.path)
+        kept = [r for r in records if isinstance(r.get("step"), int) and r["step"] <= step]
+        if len(kept) == len(records) and _ends_with_newline(self.path):
+            return 0
+        from bertgpt_jax import atomic_files
+
+        self._file.close()
+        with atomic_files.atomic_open(self.path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        self._file = open(self.path, "a", encoding="utf-8")
+        if len(records) > len(kept):
+            logging.info("%s: dropped %d records after step %d (redone by this run)", self.path,
+                         len(records) - len(kept), step)
+        return len(records) - len(kept)
+
+    def recorded(self, step: int, prefix: str) -> dict:
+        """The figures named ``prefix...`` recorded for ``step`` (empty when there are none)."""
+        if not self.enabled or not os.path.exists(self.path):
+            return {}
+        out = {}
+        for r in read_jsonl(self.path):
+            if r.get("step") == step:
+                out.update({k: v for k, v in r.items() if k.startswith(prefix)})
+        return out
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
@@ -99,9 +136,36 @@ class MetricsWriter:
             self._tb = None
 
 
+def _ends_with_newline(path: str) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _end_torn_line(path: str) -> None:
+    """Ends a last line that a crash left without its newline, so the next record starts on its own line."""
+    if os.path.exists(path) and not _ends_with_newline(path):
+        logging.warning("%s: the last line is incomplete (a crash mid-write?); it is ended and skipped", path)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write("\n")
+
+
 def read_jsonl(path: str) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of a ``metrics.jsonl``; a line that is not JSON (a record torn by a crash) is skipped
+    with a warning that names the file and line."""
+    out = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except ValueError as e:
+                logging.warning("%s line %d is not a complete JSON record (%s); skipped", path, n, e)
+    return out
 
 
 def format_line(step: int, record: dict) -> str:
