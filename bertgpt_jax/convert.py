@@ -399,6 +399,60 @@ def to_hf(cfg: ModelConfig, params: Params, out_dir: str) -> None:
     atomic_files.write_json(os.path.join(out_dir, CONFIG), hf_cfg, indent=2, sort_keys=True)
 
 
+# ---- fine-tuned layouts (BertForSequenceClassification / TokenClassification / QuestionAnswering) --------
+
+#: our output layer's name -> the HF architectures whose head it is (same tensor names: <name>.weight/bias)
+FINETUNED_HEADS = {"classifier": ("BertForSequenceClassification", "BertForTokenClassification"),
+                   "qa_outputs": ("BertForQuestionAnswering",)}
+
+
+def from_hf_finetuned(hf_dir: str, scan_layers: bool = False) -> tuple[ModelConfig, Params, Optional[Params]]:
+    """``(cfg, encoder_params, head)`` from an HF BERT directory of any layout: the encoder as ``from_hf``
+    reads it (pretraining heads included when present), and the fine-tuned output layer
+    (``{"classifier": {"kernel", "bias"}}`` or ``{"qa_outputs": ...}``) if the checkpoint has one, else None."""
+    cfg = ModelConfig.from_json_file(os.path.join(hf_dir, CONFIG))
+    tensors = dict(load_hf_tensors(hf_dir))
+    head = None
+    for name in FINETUNED_HEADS:
+        if f"{name}.weight" in tensors:
+            w, b = tensors.pop(f"{name}.weight"), tensors.pop(f"{name}.bias")
+            head = {name: {"kernel": np.asarray(w, np.float32).T.copy(), "bias": np.asarray(b, np.float32)}}
+    params = params_from_hf_tensors(cfg, tensors)
+    if scan_layers:
+        cfg = cfg.replace(scan_layers=True)
+        params = stack_layers(cfg, params)
+    return cfg, params, head
+
+
+def to_hf_finetuned(cfg: ModelConfig, params: Params, out_dir: str, architecture: str,
+                    label_names: Optional[list] = None) -> None:
+    """Writes a fine-tuned model (``{"bert": encoder, "<head>": output layer}``) in the HF ``architecture``
+    layout, with ``id2label``/``label2id`` from ``label_names`` (``num_labels=1``: a regression head)."""
+    import flax.linen as nn
+    from safetensors.numpy import save_file
+
+    params = nn.unbox(params)
+    heads = [n for n in FINETUNED_HEADS if n in params and architecture in FINETUNED_HEADS[n]]
+    if not heads or any(k not in ("bert", heads[0]) for k in params):
+        raise ValueError(f"params with {sorted(params)} have no {architecture} layout (expected bert + one of "
+                         f"{[n for n in FINETUNED_HEADS if architecture in FINETUNED_HEADS[n]]})")
+    encoder = {k: v for k, v in params["bert"].items() if k not in ("mlm", "nsp")}
+    tensors = {"bert." + k: v for k, v in hf_tensors_from_params(cfg, encoder).items()}
+    head = params[heads[0]]
+    tensors[f"{heads[0]}.weight"] = np.ascontiguousarray(np.asarray(head["kernel"], np.float32).T)
+    tensors[f"{heads[0]}.bias"] = np.asarray(head["bias"], np.float32)
+    hf_cfg = cfg.to_hf_dict()
+    hf_cfg["architectures"] = [architecture]
+    if label_names is not None:
+        hf_cfg["id2label"] = {str(i): str(n) for i, n in enumerate(label_names)}
+        hf_cfg["label2id"] = {str(n): i for i, n in enumerate(label_names)}
+        hf_cfg["num_labels"] = len(label_names)
+    os.makedirs(out_dir, exist_ok=True)
+    with atomic_files.atomic_path(os.path.join(out_dir, SAFETENSORS)) as tmp:
+        save_file(tensors, tmp, metadata={"format": "pt"})
+    atomic_files.write_json(os.path.join(out_dir, CONFIG), hf_cfg, indent=2, sort_keys=True)
+
+
 def check_vocab(cfg: ModelConfig, vocab_size: int) -> None:
     """Raises if a tokenizer's vocabulary has ids the embedding table cannot hold (NaN losses otherwise)."""
     if vocab_size > cfg.vocab_size:

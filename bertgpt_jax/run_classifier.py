@@ -1,0 +1,273 @@
+"""Fine-tune BERT on sentence / sentence-pair classification or regression: ``python -m bertgpt_jax.run_classifier``.
+
+The original ``run_classifier.py`` workflow and flag names (``--task_name``, ``--data_dir``, ``--vocab_file``,
+``--bert_config_file``, ``--init_checkpoint``, ``--do_train/--do_eval/--do_predict``, ``--num_train_epochs``,
+``--warmup_proportion``, ...) on the sharded training engine. ``--init_checkpoint`` is a pretraining run's
+``output_dir`` (``python -m bertgpt_jax.pretrain``) or an HF directory; the output layer starts fresh.
+
+Writes to ``--output_dir``: checkpoints and metrics.jsonl (the engine's), ``eval_results.txt`` (sorted
+``key = value``: ``eval_accuracy``, ``eval_loss``, ``global_step``, ``loss`` and the task's metrics),
+``eval_results.json``, ``test_results.tsv`` (one line per test example: class probabilities, or the score
+for regression) and, with ``--export_hf``, an HF ``BertForSequenceClassification`` directory.
+
+    python -m bertgpt_jax.run_classifier --task_name=MRPC --data_dir=glue/MRPC --init_checkpoint=hf_bert_dir \\
+        --do_train --do_eval --output_dir=/tmp/mrpc
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from absl import flags, logging
+
+from bertgpt_jax import cli
+from bertgpt_jax.cli import setting
+from bertgpt_jax.training.config import TrainConfig
+
+F = flags.FLAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+    """The data and phases of a classification run (the original run_classifier.py's flags)."""
+
+    task_name: str | None = setting(None, "cola, mnli (matched; mnli-mm: mismatched), mrpc, xnli, sst-2, qqp, "
+                                    "qnli, rte, wnli, sts-b (regression), or generic (your own TSV/CSV/JSONL "
+                                    "with named columns).", required=True)
+    data_dir: str | None = setting(None, "Directory of the task's files (GLUE: train.tsv, dev.tsv, test.tsv; "
+                                   "generic: train/dev/test .tsv, .csv or .jsonl).", required=True)
+    vocab_file: str | None = setting(None, "The vocabulary the model was trained with (default: the one in an HF "
+                                     "--init_checkpoint directory).")
+    do_lower_case: bool = setting(True, "Lower-case the input (uncased models); for a bare vocab.txt.")
+    max_seq_length: int = setting(128, "Tokens per example after WordPiece; longer inputs are truncated, "
+                                  "shorter padded.")
+    do_train: bool = setting(False, "Fine-tune on train.")
+    do_eval: bool = setting(False, "Evaluate on dev (every example; the last batch padded, never dropped).")
+    do_predict: bool = setting(False, "Predict test; writes test_results.tsv.")
+    predict_batch_size: int = setting(8, "Global batch size of prediction.")
+    num_train_epochs: float = setting(3.0, "Epochs: num_train_steps = int(examples / train_batch_size * epochs).")
+    warmup_proportion: float = setting(0.1, "Share of the steps spent warming the learning rate up linearly.")
+    xnli_language: str = setting("zh", "XNLI: the language trained (multinli.train.<lang>.tsv) and evaluated.")
+    text_column: str = setting("text", "generic: the column of the first text.")
+    text_pair_column: str | None = setting(None, "generic: the column of the second text (pair tasks).")
+    label_column: str = setting("label", "generic: the label column.")
+    labels: str | None = setting(None, "generic: comma-separated label set, in order (default: the sorted "
+                                 "labels of the training file).")
+    regression: bool = setting(False, "generic: the label is a number; one output trained with squared error.")
+    layer_mix: bool = setting(False, "Classify a learned softmax-weighted sum of every layer's [CLS] state "
+                              "(ELMo's scalar mix) instead of the last layer's pooled output.")
+    freeze_encoder: bool = setting(False, "Train only the output layer (and the layer mix): the feature-based "
+                                   "approach.")
+    export_hf: str | None = setting(None, "Also write the fine-tuned model here as an HF "
+                                    "BertForSequenceClassification directory.")
+
+
+cli.define_flags(ClassifierConfig, TrainConfig)
+
+
+def _checkpoint_step(output_dir: str) -> int | None:
+    from bertgpt_jax.training import checkpointing
+
+    ckpt_dir = checkpointing.checkpoint_dir(output_dir)
+    if not os.path.isdir(ckpt_dir):
+        return None
+    ckpt = checkpointing.Checkpointer(ckpt_dir)
+    try:
+        return ckpt.latest_step()
+    finally:
+        ckpt.close()
+
+
+def tokenizer_for(clf: ClassifierConfig, train: TrainConfig):
+    from bertgpt_jax import tokenization
+
+    vocab = clf.vocab_file
+    if vocab is None and train.init_checkpoint and os.path.isdir(train.init_checkpoint):
+        for name in ("vocab.txt", "tokenizer.json"):
+            if os.path.exists(os.path.join(train.init_checkpoint, name)):
+                vocab = train.init_checkpoint
+                break
+    if vocab is None:
+        raise ValueError("--vocab_file is required (the vocabulary the checkpoint was trained with)")
+    return tokenization.from_file(vocab, do_lower_case=clf.do_lower_case)
+
+
+def write_results(path: str, metrics: dict) -> None:
+    """``key = value`` lines sorted by key, as the original writes eval_results.txt."""
+    with open(path, "w", encoding="utf-8") as f:
+        for key in sorted(metrics):
+            f.write(f"{key} = {metrics[key]}\n")
+
+
+def _eval_metrics(task, processor, task_name, logits, labels, prefix="eval_") -> dict:
+    import numpy as np
+
+    from bertgpt_jax.evaluation import glue as glue_metrics
+    from bertgpt_jax.tasks.classification import probabilities
+
+    if task.is_regression:
+        scores = logits[:, 0]
+        loss = float(np.mean((scores - labels) ** 2))
+        out = glue_metrics.regression_metrics(scores, labels)
+    else:
+        probs = probabilities(logits)
+        labels = labels.astype(np.int64)
+        loss = float(np.mean(-np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-300))))
+        out = glue_metrics.classification_metrics(task_name, np.argmax(logits, -1), labels, task.num_labels)
+    out = {f"{prefix}{k}": v for k, v in out.items()}
+    out[f"{prefix}loss"] = loss
+    return out
+
+
+def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
+    """The run the CLI starts; returns the evaluation metrics (as written to eval_results.txt)."""
+    import jax
+    import numpy as np
+    import optax
+
+    from bertgpt_jax import convert, sharding
+    from bertgpt_jax.data import glue
+    from bertgpt_jax.tasks.classification import SequenceClassification, probabilities
+    from bertgpt_jax.tasks.finetuning import num_train_steps
+    from bertgpt_jax.training import checkpointing, config, loop
+    from bertgpt_jax.training import state as state_lib
+
+    if not (clf.do_train or clf.do_eval or clf.do_predict):
+        raise ValueError("at least one of --do_train, --do_eval or --do_predict must be given")
+    if not os.path.isdir(clf.data_dir):
+        raise FileNotFoundError(f"--data_dir {clf.data_dir} is not a directory")
+    generic = dict(text_column=clf.text_column, text_pair_column=clf.text_pair_column,
+                   label_column=clf.label_column, labels=clf.labels.split(",") if clf.labels else None,
+                   regression=clf.regression, data_dir=clf.data_dir)
+    if clf.task_name.lower() == "xnli":
+        processor = glue.XnliProcessor(clf.xnli_language)
+    else:
+        processor = glue.get_processor(clf.task_name, **generic)
+    label_list = processor.get_labels()
+    regression = processor.is_regression
+    num_labels = 1 if regression else len(label_list)
+    if not regression and num_labels < 2:
+        raise ValueError(f"task {clf.task_name} has {num_labels} label(s) {label_list}; classification needs two "
+                         "or more (or --regression)")
+
+    model_cfg = config.model_config(train)
+    tokenizer = tokenizer_for(clf, train)
+    if tokenizer.vocab_size != model_cfg.vocab_size:
+        raise ValueError(f"the vocabulary ({tokenizer.vocab_size} tokens) differs from the model's vocab_size "
+                         f"{model_cfg.vocab_size} ({train.model}); pass the vocab_file the checkpoint was trained "
+                         "with, or the checkpoint's own bert_config_file")
+    if clf.max_seq_length > model_cfg.max_position_embeddings:
+        raise ValueError(f"max_seq_length {clf.max_seq_length} exceeds the model's max_position_embeddings "
+                         f"{model_cfg.max_position_embeddings}")
+
+    def features(split):
+        examples = processor.get_examples(clf.data_dir, split)
+        return examples, glue.convert_examples_to_features(examples, label_list, clf.max_seq_length, tokenizer,
+                                                           regression=regression)
+
+    train_examples, train_features = features(glue.TRAIN) if clf.do_train else (None, None)
+    eval_examples, eval_features = features(glue.DEV) if clf.do_eval else (None, None)
+    task = SequenceClassification(model_cfg, num_labels, clf.max_seq_length, train_features, eval_features,
+                                  layer_mix=clf.layer_mix, freeze_encoder=clf.freeze_encoder)
+    mesh = sharding.make_mesh(train.mesh_shape)
+    result: dict = {}
+    if clf.do_train:
+        steps = num_train_steps(len(train_examples), train.train_batch_size, clf.num_train_epochs)
+        if F.is_parsed() and "num_train_steps" in F and F["num_train_steps"].present:
+            steps = train.num_train_steps
+        if steps <= 0:
+            raise ValueError(f"{len(train_examples)} training examples / train_batch_size {train.train_batch_size} "
+                             f"x num_train_epochs {clf.num_train_epochs} gives no training step")
+        warmup = int(steps * clf.warmup_proportion)
+        _print(f"[run_classifier] {clf.task_name}: {len(train_examples)} training examples, {num_labels} "
+               f"{'output (regression)' if regression else 'labels'}; {steps} steps of {train.train_batch_size} "
+               f"({clf.num_train_epochs} epochs), {warmup} warmup")
+        result = loop.run(train.replace(do_train=True, do_eval=False, num_train_steps=steps,
+                                        num_warmup_steps=warmup), task)
+
+    if not (clf.do_eval or clf.do_predict or clf.export_hf):
+        return {}
+    abstract = state_lib.abstract_state(task, optax.identity(), mesh)[0].params
+    step = _checkpoint_step(train.output_dir)
+    if step is not None:
+        params = checkpointing.restore_params(train.output_dir, abstract)
+    elif train.init_checkpoint:
+        loaded = task.load_init_params(train.init_checkpoint, abstract)
+        params = jax.tree.map(lambda p, a: jax.device_put(np.asarray(p, a.dtype), a.sharding), loaded, abstract)
+        step = 0
+    else:
+        raise ValueError(f"--output_dir {train.output_dir} holds no checkpoint to evaluate; train first "
+                         "(--do_train) or pass --init_checkpoint")
+
+    metrics: dict = {}
+    if clf.do_eval:
+        logits = task.predict(params, eval_features, train.eval_batch_size, mesh)
+        metrics = _eval_metrics(task, processor, clf.task_name, logits, eval_features["label_ids"])
+        metrics["global_step"] = int(step)
+        metrics["loss"] = metrics["eval_loss"]
+        metrics["eval_num_examples"] = len(eval_examples)
+        if clf.task_name.lower() == "mnli" and os.path.exists(os.path.join(clf.data_dir, "dev_mismatched.tsv")):
+            mm = glue.MnliMismatchedProcessor()
+            mm_examples = mm.get_examples(clf.data_dir, glue.DEV)
+            mm_features = glue.convert_examples_to_features(mm_examples, label_list, clf.max_seq_length, tokenizer)
+            mm_logits = task.predict(params, mm_features, train.eval_batch_size, mesh)
+            metrics.update(_eval_metrics(task, mm, "mnli-mm", mm_logits, mm_features["label_ids"],
+                                         prefix="eval_mm_"))
+        if jax.process_index() == 0:
+            os.makedirs(train.output_dir, exist_ok=True)
+            write_results(os.path.join(train.output_dir, "eval_results.txt"), metrics)
+            with open(os.path.join(train.output_dir, "eval_results.json"), "w", encoding="utf-8") as f:
+                json.dump(metrics, f, indent=2, sort_keys=True)
+        _print("[run_classifier] eval: " + ", ".join(f"{k} = {v:.4f}" if isinstance(v, float) else f"{k} = {v}"
+                                                   for k, v in sorted(metrics.items())))
+    if clf.do_predict:
+        test_examples, test_features = features(glue.TEST)
+        logits = task.predict(params, test_features, clf.predict_batch_size, mesh)
+        if jax.process_index() == 0:
+            rows = logits[:, :1] if regression else probabilities(logits)
+            with open(os.path.join(train.output_dir, "test_results.tsv"), "w", encoding="utf-8") as f:
+                for row in rows:
+                    f.write("\t".join(str(float(x)) for x in row) + "\n")
+        _print(f"[run_classifier] wrote {len(test_examples)} predictions to "
+               f"{os.path.join(train.output_dir, 'test_results.tsv')}")
+    if clf.export_hf and jax.process_index() == 0:
+        if clf.layer_mix:
+            raise ValueError("--export_hf: a layer-mix classifier has no BertForSequenceClassification layout")
+        convert.to_hf_finetuned(task.model_cfg, jax.device_get(params), clf.export_hf,
+                                "BertForSequenceClassification", None if regression else label_list)
+        if os.path.isdir(getattr(tokenizer, "path", "") or ""):
+            convert.copy_tokenizer_files(tokenizer.path, clf.export_hf)
+        _print(f"[run_classifier] exported BertForSequenceClassification to {clf.export_hf}")
+    metrics["train_result"] = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
+    return metrics
+
+
+def _print(line: str) -> None:
+    import jax
+
+    if jax.process_index() == 0:
+        print(line, flush=True)
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise cli.UsageError(f"unexpected arguments {argv[1:]}; every setting is a --flag")
+    if not F["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    if F.model is None and F.bert_config_file is None and F.init_checkpoint and os.path.exists(
+            os.path.join(F.init_checkpoint, "config.json")):
+        F.model = os.path.join(F.init_checkpoint, "config.json")  # an HF directory describes its model
+    train = cli.from_flags(TrainConfig)
+    clf = cli.from_flags(ClassifierConfig)
+    from bertgpt_jax.training import config
+
+    config.init_distributed(train)
+    run(train, clf)
+
+
+if __name__ == "__main__":
+    from bertgpt_jax.training.loop import NonFiniteError
+
+    cli.run(main, user_errors=(ValueError, FileNotFoundError, NonFiniteError))

@@ -1,0 +1,254 @@
+"""What every fine-tuning task shares: features held in memory, a checkpointable shuffled training stream, padded
+evaluation batches that cover every example, prediction over a whole split, and initialisation from a
+pretraining run's ``output_dir`` or an HF directory with the output layer freshly initialised.
+
+Subclasses (classification, tagging, spans) give the model, the features' names and shapes, the loss sums
+and the outputs read at prediction (``outputs``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from bertgpt_jax import configs, models, sharding
+from bertgpt_jax.models.finetune import PRETRAINING_HEADS, strip_pretraining_heads
+from bertgpt_jax.tasks.base import Batch, Task
+
+Features = dict[str, np.ndarray]
+
+
+class ArrayBatches:
+    """Endless batches of in-memory features, reshuffled every epoch; ``get_state``/``set_state`` resume it
+    exactly. Global batch ``k`` takes positions ``k*B .. (k+1)*B`` of the stream of epoch permutations
+    (epoch ``e`` shuffled by ``(seed, e)``); process ``p`` of ``P`` gets its ``p``-th block of rows."""
+
+    def __init__(self, features: Features, global_batch_size: int, *, seed: int = 0, shuffle: bool = True,
+                 process_index: int | None = None, process_count: int | None = None):
+        self.features = features
+        self.n = len(next(iter(features.values())))
+        if self.n == 0:
+            raise ValueError("no training examples")
+        self.process_index = jax.process_index() if process_index is None else process_index
+        self.process_count = jax.process_count() if process_count is None else process_count
+        if global_batch_size % self.process_count:
+            raise ValueError(f"global batch {global_batch_size} is not divisible by {self.process_count} processes")
+        self.global_batch_size, self.seed, self.shuffle = global_batch_size, seed, shuffle
+        self.position = 0
+        self._perm_epoch, self._perm = -1, None
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch != self._perm_epoch:
+            self._perm = (np.random.default_rng([self.seed, epoch]).permutation(self.n) if self.shuffle
+                          else np.arange(self.n))
+            self._perm_epoch = epoch
+        return self._perm
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Batch:
+        positions = self.position + np.arange(self.global_batch_size)
+        self.position += self.global_batch_size
+        local = self.global_batch_size // self.process_count
+        positions = positions[self.process_index * local:(self.process_index + 1) * local]
+        rows = np.empty(local, np.int64)
+        for epoch in np.unique(positions // self.n):
+            sel = positions // self.n == epoch
+            rows[sel] = self._order(int(epoch))[positions[sel] % self.n]
+        return {k: v[rows] for k, v in self.features.items()}
+
+    def get_state(self) -> dict:
+        return {"position": int(self.position), "seed": int(self.seed)}
+
+    def set_state(self, state: dict) -> None:
+        self.position, self.seed = int(state["position"]), int(state["seed"])
+
+
+def padded_batches(features: Features, global_batch_size: int, process_index: int | None = None,
+                   process_count: int | None = None) -> Iterator[Batch]:
+    """One ordered pass over every example; the last batch is padded with copies of row 0 marked
+    ``is_real_example = 0``, never dropped. Yields this process's block of each global batch."""
+    pi = jax.process_index() if process_index is None else process_index
+    pc = jax.process_count() if process_count is None else process_count
+    n = len(next(iter(features.values())))
+    local = global_batch_size // pc
+    real = features.get("is_real_example", np.ones((n,), np.int32))
+    for start in range(0, n, global_batch_size):
+        idx = np.arange(start, start + global_batch_size)
+        is_real = (idx < n).astype(np.int32)
+        idx = np.where(idx < n, idx, 0)
+        idx, is_real = idx[pi * local:(pi + 1) * local], is_real[pi * local:(pi + 1) * local]
+        batch = {k: v[idx] for k, v in features.items() if k != "is_real_example"}
+        batch["is_real_example"] = is_real * real[idx]
+        yield batch
+
+
+def num_train_steps(num_examples: int, batch_size: int, epochs: float) -> int:
+    """The original's ``int(len(train_examples) / train_batch_size * num_train_epochs)``."""
+    return int(num_examples / batch_size * epochs)
+
+
+class FinetuneTask(Task):
+    """A fine-tuning task over features in memory. ``model`` wraps ``Bert`` under ``bert``."""
+
+    #: the output layer's parameter names (freshly initialised when starting from a pretrained encoder)
+    head_names: tuple[str, ...] = ("classifier",)
+
+    def __init__(self, model_cfg: configs.ModelConfig, model: nn.Module, seq_len: int,
+                 train_features: Features | None = None, eval_features: Features | None = None):
+        if not model_cfg.is_bert:
+            raise ValueError(f"fine-tuning needs a BERT model config, got model_type {model_cfg.model_type!r}")
+        super().__init__(model_cfg, model, seq_len)
+        self.train_features, self.eval_features = train_features, eval_features
+
+    def check(self) -> None:
+        configs.check_positions(self.seq_len, self.model_cfg.max_position_embeddings, "max_seq_length")
+
+    # ---- the model -------------------------------------------------------------------------------------
+
+    def model_inputs(self, batch: Batch) -> dict:
+        return dict(attention_mask=batch["input_mask"], token_type_ids=batch["segment_ids"])
+
+    def init_params(self, rng: jax.Array, batch: Batch) -> Any:
+        params = self.model.init({"params": rng}, batch["input_ids"], **self.model_inputs(batch),
+                                 deterministic=True)["params"]
+        return strip_pretraining_heads(params)
+
+    def fresh_params(self, seed: int = 0) -> Any:
+        """A fresh initialisation (host arrays), the source of the output layer when loading an encoder."""
+        batch = jax.tree.map(jnp.asarray, self.example_batch(1))
+        return jax.tree.map(np.asarray, nn.unbox(jax.jit(self.init_params)(jax.random.PRNGKey(seed), batch)))
+
+    def load_init_params(self, path: str, abstract_params: Any) -> Any:
+        """An encoder from a pretraining run's ``output_dir`` (or checkpoint folder) or an HF directory, with
+        the output layer freshly initialised (logged); or a fine-tuning run's parameters as they are."""
+        from bertgpt_jax.training import checkpointing
+
+        fresh = self.fresh_params()
+        if os.path.exists(os.path.join(path, "config.json")) and not os.path.isdir(os.path.join(path, "checkpoints")):
+            encoder, head = self._load_hf(path)
+        else:
+            try:
+                return checkpointing.restore_params(path, abstract_params)  # a fine-tuning run of this task
+            except FileNotFoundError:
+                raise
+            except Exception:  # noqa: BLE001 -- not this task's layout: read it as a pretraining run
+                encoder, head = self._restore_pretraining(path, abstract_params), None
+        bert = dict(fresh["bert"])
+        for k in bert:
+            if k in encoder:
+                bert[k] = encoder[k]
+            else:
+                _say(f"init_checkpoint {path} has no {k}: initialised from scratch")
+        params = {**fresh, "bert": bert}
+        if head is not None:
+            params.update(head)
+        else:
+            _say(f"initialised the encoder from {path}; the output layer ({', '.join(self.head_names)}) is "
+                 "freshly initialised (truncated normal, stddev "
+                 f"{self.model_cfg.initializer_range})")
+        return params
+
+    def _load_hf(self, path: str):
+        from bertgpt_jax import convert
+
+        hf_cfg, encoder, head = convert.from_hf_finetuned(path, scan_layers=self.model_cfg.scan_layers)
+        for field in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
+            if getattr(hf_cfg, field) != getattr(self.model_cfg, field):
+                raise ValueError(f"init_checkpoint {path} has {field}={getattr(hf_cfg, field)}, but the model has "
+                                 f"{getattr(self.model_cfg, field)}; pass --bert_config_file={path}/config.json")
+        if head is not None:
+            fresh = self.fresh_params()
+            for name, leaves in head.items():
+                if name not in fresh or jax.tree.map(np.shape, leaves) != jax.tree.map(np.shape, fresh[name]):
+                    _say(f"init_checkpoint {path} has a {name} layer of another shape than this task's "
+                         f"({jax.tree.map(np.shape, leaves)}): the output layer is freshly initialised")
+                    head = None
+                    break
+        if head is not None:
+            _say(f"initialised the encoder and the output layer from the fine-tuned checkpoint {path}")
+        return encoder, head
+
+    def _restore_pretraining(self, path: str, abstract_params: Any) -> dict:
+        """The encoder of a pretraining run (its MLM/NSP heads are read and dropped)."""
+        from bertgpt_jax.training import checkpointing
+
+        pre = jax.eval_shape(lambda: nn.unbox(models.Bert(self.model_cfg).init(
+            jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32), masked_lm_positions=jnp.zeros((1, 2), jnp.int32))
+            ["params"]))
+        bert_abstract = abstract_params["bert"]
+        any_leaf = jax.tree.leaves(bert_abstract)[0]
+        replicated = (sharding.replicated(any_leaf.sharding.mesh) if getattr(any_leaf, "sharding", None) is not None
+                      else None)
+
+        def place(tree, like):
+            if like is None:
+                return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), tree)
+            return jax.tree.map(lambda x, y: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(y, "sharding",
+                                                                                                  None)), tree, like)
+
+        target = {k: place(v, bert_abstract.get(k)) for k, v in pre.items()}
+        try:
+            restored = checkpointing.restore_params(path, target)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"init_checkpoint {path} is neither a pretraining run of this model ({e.__class__.__name__}: "
+                             f"{str(e)[:300]}) nor a fine-tuning run of this task; check --bert_config_file / "
+                             "--model") from None
+        return {k: v for k, v in restored.items() if k not in PRETRAINING_HEADS}
+
+    # ---- the data --------------------------------------------------------------------------------------
+
+    def train_batches(self, global_batch_size: int, seed: int) -> Iterator[Batch]:
+        if self.train_features is None:
+            raise ValueError("this task has no training features")
+        keys = self.example_batch(1).keys()  # the compiled step's inputs (no is_real_example)
+        return ArrayBatches({k: self.train_features[k] for k in keys}, global_batch_size, seed=seed)
+
+    def eval_batches(self, global_batch_size: int, seed: int) -> Iterator[Batch]:
+        if self.eval_features is None:
+            raise ValueError("this task has no evaluation features")
+        return padded_batches(self.eval_features, global_batch_size)
+
+    # ---- prediction ------------------------------------------------------------------------------------
+
+    def outputs(self, params: Any, batch: Batch) -> Any:
+        """What prediction reads per example (logits), deterministic."""
+        return self.model.apply({"params": params}, batch["input_ids"], **self.model_inputs(batch),
+                                deterministic=True)
+
+    def predict(self, params: Any, features: Features, batch_size: int, mesh: jax.sharding.Mesh) -> Any:
+        """``outputs`` for every example of ``features`` (host arrays, in order; padding rows removed)."""
+        from bertgpt_jax.training import inputs
+
+        n = len(next(iter(features.values())))
+        if n == 0:
+            raise ValueError("no examples to predict")
+        fn = jax.jit(self.outputs, out_shardings=sharding.replicated(mesh))
+        chunks = []
+        from tqdm import tqdm
+
+        batches = padded_batches(features, batch_size)
+        for batch in tqdm(batches, total=-(-n // batch_size), unit="batch", desc="predict", leave=False,
+                          disable=jax.process_index() != 0 or n <= batch_size * 4):
+            with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+                out = fn(params, inputs.place(batch, mesh, batch_size))
+            chunks.append(jax.device_get(out))
+        return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *chunks)
+
+    def flops_per_token(self) -> float:
+        return models.flops_per_token(self.model_cfg, self.seq_len, 0, heads_only=False)
+
+
+def _say(line: str) -> None:
+    logging.warning(line)
+    if jax.process_index() == 0:
+        print(f"[finetune] {line}", flush=True)
