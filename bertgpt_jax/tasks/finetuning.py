@@ -123,8 +123,12 @@ class FinetuneTask(Task):
 
     def fresh_params(self, seed: int = 0) -> Any:
         """A fresh initialisation (host arrays), the source of the output layer when loading an encoder."""
-        batch = jax.tree.map(jnp.asarray, self.example_batch(1))
-        return jax.tree.map(np.asarray, nn.unbox(jax.jit(self.init_params)(jax.random.PRNGKey(seed), batch)))
+        cache = self.__dict__.setdefault("_fresh", {})
+        if seed not in cache:
+            batch = jax.tree.map(jnp.asarray, self.example_batch(1))
+            cache[seed] = jax.tree.map(np.asarray, nn.unbox(jax.jit(self.init_params)(jax.random.PRNGKey(seed),
+                                                                                      batch)))
+        return cache[seed]
 
     def load_init_params(self, path: str, abstract_params: Any) -> Any:
         """An encoder from a pretraining run's ``output_dir`` (or checkpoint folder) or an HF directory, with
