@@ -154,6 +154,11 @@ def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
 
     model_cfg = config.model_config(train)
     tokenizer = tokenizer_for(clf, train)
+    from bertgpt_jax import configs
+
+    if train.model.lower() in configs.PRESETS or train.model.lower() in configs.ALIASES:
+        # A preset names an architecture; its vocabulary is the tokenizer's (as pretraining sizes it).
+        model_cfg = model_cfg.replace(vocab_size=tokenizer.vocab_size)
     if tokenizer.vocab_size != model_cfg.vocab_size:
         raise ValueError(f"the vocabulary ({tokenizer.vocab_size} tokens) differs from the model's vocab_size "
                          f"{model_cfg.vocab_size} ({train.model}); pass the vocab_file the checkpoint was trained "
