@@ -436,7 +436,9 @@ def to_hf_finetuned(cfg: ModelConfig, params: Params, out_dir: str, architecture
     if not heads or any(k not in ("bert", heads[0]) for k in params):
         raise ValueError(f"params with {sorted(params)} have no {architecture} layout (expected bert + one of "
                          f"{[n for n in FINETUNED_HEADS if architecture in FINETUNED_HEADS[n]]})")
-    encoder = {k: v for k, v in params["bert"].items() if k not in ("mlm", "nsp")}
+    # Token and span classifiers in transformers have no pooler (add_pooling_layer=False).
+    dropped = ("mlm", "nsp") if architecture == "BertForSequenceClassification" else ("mlm", "nsp", "pooler")
+    encoder = {k: v for k, v in params["bert"].items() if k not in dropped}
     tensors = {"bert." + k: v for k, v in hf_tensors_from_params(cfg, encoder).items()}
     head = params[heads[0]]
     tensors[f"{heads[0]}.weight"] = np.ascontiguousarray(np.asarray(head["kernel"], np.float32).T)

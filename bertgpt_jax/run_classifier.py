@@ -67,33 +67,6 @@ class ClassifierConfig:
 cli.define_flags(ClassifierConfig, TrainConfig)
 
 
-def _checkpoint_step(output_dir: str) -> int | None:
-    from bertgpt_jax.training import checkpointing
-
-    ckpt_dir = checkpointing.checkpoint_dir(output_dir)
-    if not os.path.isdir(ckpt_dir):
-        return None
-    ckpt = checkpointing.Checkpointer(ckpt_dir)
-    try:
-        return ckpt.latest_step()
-    finally:
-        ckpt.close()
-
-
-def tokenizer_for(clf: ClassifierConfig, train: TrainConfig):
-    from bertgpt_jax import tokenization
-
-    vocab = clf.vocab_file
-    if vocab is None and train.init_checkpoint and os.path.isdir(train.init_checkpoint):
-        for name in ("vocab.txt", "tokenizer.json"):
-            if os.path.exists(os.path.join(train.init_checkpoint, name)):
-                vocab = train.init_checkpoint
-                break
-    if vocab is None:
-        raise ValueError("--vocab_file is required (the vocabulary the checkpoint was trained with)")
-    return tokenization.from_file(vocab, do_lower_case=clf.do_lower_case)
-
-
 def write_results(path: str, metrics: dict) -> None:
     """``key = value`` lines sorted by key, as the original writes eval_results.txt."""
     with open(path, "w", encoding="utf-8") as f:
@@ -124,15 +97,13 @@ def _eval_metrics(task, processor, task_name, logits, labels, prefix="eval_") ->
 def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
     """The run the CLI starts; returns the evaluation metrics (as written to eval_results.txt)."""
     import jax
-    import numpy as np
-    import optax
 
     from bertgpt_jax import convert, sharding
     from bertgpt_jax.data import glue
+    from bertgpt_jax.tasks import finetuning
     from bertgpt_jax.tasks.classification import SequenceClassification, probabilities
     from bertgpt_jax.tasks.finetuning import num_train_steps
-    from bertgpt_jax.training import checkpointing, config, loop
-    from bertgpt_jax.training import state as state_lib
+    from bertgpt_jax.training import config, loop
 
     if not (clf.do_train or clf.do_eval or clf.do_predict):
         raise ValueError("at least one of --do_train, --do_eval or --do_predict must be given")
@@ -152,12 +123,8 @@ def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
         raise ValueError(f"task {clf.task_name} has {num_labels} label(s) {label_list}; classification needs two "
                          "or more (or --regression)")
 
-    model_cfg = config.model_config(train)
-    tokenizer = tokenizer_for(clf, train)
-    if tokenizer.vocab_size != model_cfg.vocab_size:
-        raise ValueError(f"the vocabulary ({tokenizer.vocab_size} tokens) differs from the model's vocab_size "
-                         f"{model_cfg.vocab_size} ({train.model}); pass the vocab_file the checkpoint was trained "
-                         "with, or the checkpoint's own bert_config_file")
+    tokenizer = finetuning.tokenizer_for(clf.vocab_file, train.init_checkpoint, clf.do_lower_case)
+    model_cfg = finetuning.fit_model_vocab(config.model_config(train), train.model, tokenizer)
     if clf.max_seq_length > model_cfg.max_position_embeddings:
         raise ValueError(f"max_seq_length {clf.max_seq_length} exceeds the model's max_position_embeddings "
                          f"{model_cfg.max_position_embeddings}")
@@ -189,17 +156,7 @@ def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
 
     if not (clf.do_eval or clf.do_predict or clf.export_hf):
         return {}
-    abstract = state_lib.abstract_state(task, optax.identity(), mesh)[0].params
-    step = _checkpoint_step(train.output_dir)
-    if step is not None:
-        params = checkpointing.restore_params(train.output_dir, abstract)
-    elif train.init_checkpoint:
-        loaded = task.load_init_params(train.init_checkpoint, abstract)
-        params = jax.tree.map(lambda p, a: jax.device_put(np.asarray(p, a.dtype), a.sharding), loaded, abstract)
-        step = 0
-    else:
-        raise ValueError(f"--output_dir {train.output_dir} holds no checkpoint to evaluate; train first "
-                         "(--do_train) or pass --init_checkpoint")
+    params, step = finetuning.run_params(task, train.output_dir, train.init_checkpoint, mesh)
 
     metrics: dict = {}
     if clf.do_eval:

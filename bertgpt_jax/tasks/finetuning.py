@@ -123,8 +123,12 @@ class FinetuneTask(Task):
 
     def fresh_params(self, seed: int = 0) -> Any:
         """A fresh initialisation (host arrays), the source of the output layer when loading an encoder."""
-        batch = jax.tree.map(jnp.asarray, self.example_batch(1))
-        return jax.tree.map(np.asarray, nn.unbox(jax.jit(self.init_params)(jax.random.PRNGKey(seed), batch)))
+        cache = self.__dict__.setdefault("_fresh", {})
+        if seed not in cache:
+            batch = jax.tree.map(jnp.asarray, self.example_batch(1))
+            cache[seed] = jax.tree.map(np.asarray, nn.unbox(jax.jit(self.init_params)(jax.random.PRNGKey(seed),
+                                                                                      batch)))
+        return cache[seed]
 
     def load_init_params(self, path: str, abstract_params: Any) -> Any:
         """An encoder from a pretraining run's ``output_dir`` (or checkpoint folder) or an HF directory, with
@@ -252,3 +256,63 @@ def _say(line: str) -> None:
     logging.warning(line)
     if jax.process_index() == 0:
         print(f"[finetune] {line}", flush=True)
+
+
+# ---- what the fine-tuning CLIs share -------------------------------------------------------------------
+
+
+def tokenizer_for(vocab_file: str | None, init_checkpoint: str | None, do_lower_case: bool):
+    """``vocab_file``, or the vocabulary inside an HF ``init_checkpoint`` directory."""
+    from bertgpt_jax import tokenization
+
+    vocab = vocab_file
+    if vocab is None and init_checkpoint and os.path.isdir(init_checkpoint):
+        if any(os.path.exists(os.path.join(init_checkpoint, n)) for n in ("vocab.txt", "tokenizer.json")):
+            vocab = init_checkpoint
+    if vocab is None:
+        raise ValueError("--vocab_file is required (the vocabulary the checkpoint was trained with)")
+    return tokenization.from_file(vocab, do_lower_case=do_lower_case)
+
+
+def fit_model_vocab(model_cfg: configs.ModelConfig, model_name: str, tokenizer) -> configs.ModelConfig:
+    """A preset takes the tokenizer's vocabulary size (as pretraining sizes it); a config file must agree."""
+    if model_name.lower() in configs.PRESETS or model_name.lower() in configs.ALIASES:
+        model_cfg = model_cfg.replace(vocab_size=tokenizer.vocab_size)
+    if tokenizer.vocab_size != model_cfg.vocab_size:
+        raise ValueError(f"the vocabulary ({tokenizer.vocab_size} tokens) differs from the model's vocab_size "
+                         f"{model_cfg.vocab_size} ({model_name}); pass the vocab_file the checkpoint was trained "
+                         "with, or the checkpoint's own bert_config_file")
+    return model_cfg
+
+
+def checkpoint_step(output_dir: str) -> int | None:
+    """The latest complete checkpoint's step in a run's ``output_dir``, or None."""
+    from bertgpt_jax.training import checkpointing
+
+    ckpt_dir = checkpointing.checkpoint_dir(output_dir)
+    if not os.path.isdir(ckpt_dir):
+        return None
+    ckpt = checkpointing.Checkpointer(ckpt_dir)
+    try:
+        return ckpt.latest_step()
+    finally:
+        ckpt.close()
+
+
+def run_params(task: FinetuneTask, output_dir: str, init_checkpoint: str | None, mesh) -> tuple[Any, int]:
+    """``(params, step)`` to evaluate or predict with: the run's latest checkpoint in ``output_dir``, else
+    ``init_checkpoint`` (step 0), placed on the mesh as training places them."""
+    import optax
+
+    from bertgpt_jax.training import checkpointing
+    from bertgpt_jax.training import state as state_lib
+
+    abstract = state_lib.abstract_state(task, optax.identity(), mesh)[0].params
+    step = checkpoint_step(output_dir)
+    if step is not None:
+        return checkpointing.restore_params(output_dir, abstract), step
+    if init_checkpoint:
+        loaded = task.load_init_params(init_checkpoint, abstract)
+        return jax.tree.map(lambda p, a: jax.device_put(np.asarray(p, a.dtype), a.sharding), loaded, abstract), 0
+    raise ValueError(f"--output_dir {output_dir} holds no checkpoint; train first (--do_train) or pass "
+                     "--init_checkpoint")

@@ -1,0 +1,166 @@
+"""Fine-tune BERT for extractive question answering on SQuAD v1.1 / v2.0: ``python -m bertgpt_jax.run_squad``.
+
+The original ``run_squad.py`` flags and algorithm (``bertgpt_jax/data/squad.py``: whitespace words and
+character offsets, WordPiece alignment, sliding windows ``--doc_stride`` apart, the max-context rule, n-best
+spans mapped back onto the original text, v2.0 null answers) on the sharded training engine. Writes
+``predictions.json``, ``nbest_predictions.json``, ``null_odds.json`` (v2.0) and, when ``--predict_file`` has
+answers, ``eval_results.json`` from the official evaluation (``bertgpt_jax/evaluation/squad.py``).
+
+    python -m bertgpt_jax.run_squad --init_checkpoint=HF_BERT_DIR --do_train --train_file=train-v1.1.json \\
+        --do_predict --predict_file=dev-v1.1.json --train_batch_size=12 --learning_rate=3e-5 \\
+        --num_train_epochs=2 --max_seq_length=384 --doc_stride=128 --output_dir=/tmp/squad
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from absl import flags, logging
+
+from bertgpt_jax import cli
+from bertgpt_jax.cli import setting
+from bertgpt_jax.training.config import TrainConfig
+
+F = flags.FLAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class SquadConfig:
+    """The data, windows and post-processing of a SQuAD run (the original run_squad.py's flags)."""
+
+    train_file: str | None = setting(None, "SQuAD JSON for training, e.g. train-v1.1.json.")
+    predict_file: str | None = setting(None, "SQuAD JSON for predictions, e.g. dev-v1.1.json.")
+    vocab_file: str | None = setting(None, "The vocabulary the model was trained with (default: the one in an HF "
+                                     "--init_checkpoint directory).")
+    do_lower_case: bool = setting(True, "Lower-case the input (uncased models).")
+    max_seq_length: int = setting(384, "Tokens per window (question + context + 3 special tokens).")
+    doc_stride: int = setting(128, "The step between the starts of consecutive context windows.")
+    max_query_length: int = setting(64, "Question tokens kept (the rest are cut).")
+    do_train: bool = setting(False, "Fine-tune on --train_file.")
+    do_predict: bool = setting(False, "Predict --predict_file.")
+    predict_batch_size: int = setting(8, "Global batch size of prediction.")
+    num_train_epochs: float = setting(3.0, "Epochs: num_train_steps = int(questions / train_batch_size * epochs).")
+    warmup_proportion: float = setting(0.1, "Share of the steps spent warming the learning rate up linearly.")
+    n_best_size: int = setting(20, "Start and end candidates per window, and answers kept in nbest_predictions.")
+    max_answer_length: int = setting(30, "Longest answer, in WordPiece tokens.")
+    version_2_with_negative: bool = setting(False, "SQuAD v2.0: questions may have no answer.")
+    null_score_diff_threshold: float = setting(0.0, "v2.0: answer '' when null score - best score exceeds this.")
+    export_hf: str | None = setting(None, "Also write the fine-tuned model here as an HF BertForQuestionAnswering "
+                                    "directory.")
+
+
+cli.define_flags(SquadConfig, TrainConfig)
+
+
+def run(train: TrainConfig, sq: SquadConfig) -> dict:
+    """The run the CLI starts; returns the official evaluation's figures when the predict file has answers."""
+    import jax
+    import numpy as np
+
+    from bertgpt_jax import convert, sharding
+    from bertgpt_jax.data import squad
+    from bertgpt_jax.evaluation import squad as squad_eval
+    from bertgpt_jax.tasks import finetuning
+    from bertgpt_jax.tasks.spans import SpanExtraction
+    from bertgpt_jax.training import config, loop
+
+    if not (sq.do_train or sq.do_predict):
+        raise ValueError("at least one of --do_train or --do_predict must be given")
+    if sq.do_train and not sq.train_file:
+        raise ValueError("--do_train needs --train_file")
+    if sq.do_predict and not sq.predict_file:
+        raise ValueError("--do_predict needs --predict_file")
+    if sq.max_seq_length <= sq.max_query_length + 3:
+        raise ValueError(f"max_seq_length {sq.max_seq_length} must exceed max_query_length {sq.max_query_length} "
+                         "+ 3 ([CLS] and two [SEP]), or no context token fits in a window")
+    tokenizer = finetuning.tokenizer_for(sq.vocab_file, train.init_checkpoint, sq.do_lower_case)
+    model_cfg = finetuning.fit_model_vocab(config.model_config(train), train.model, tokenizer)
+    if sq.max_seq_length > model_cfg.max_position_embeddings:
+        raise ValueError(f"max_seq_length {sq.max_seq_length} exceeds the model's max_position_embeddings "
+                         f"{model_cfg.max_position_embeddings}")
+    window = dict(max_seq_length=sq.max_seq_length, doc_stride=sq.doc_stride, max_query_length=sq.max_query_length)
+    train_features = None
+    if sq.do_train:
+        train_examples = squad.read_squad_examples(sq.train_file, True, sq.version_2_with_negative)
+        train_features = squad.convert_examples_to_features(train_examples, tokenizer, is_training=True, **window)
+    task = SpanExtraction(model_cfg, sq.max_seq_length, None if train_features is None else train_features.arrays)
+    mesh = sharding.make_mesh(train.mesh_shape)
+    if sq.do_train:
+        steps = finetuning.num_train_steps(len(train_examples), train.train_batch_size, sq.num_train_epochs)
+        if F.is_parsed() and "num_train_steps" in F and F["num_train_steps"].present:
+            steps = train.num_train_steps
+        if steps <= 0:
+            raise ValueError(f"{len(train_examples)} training questions / train_batch_size {train.train_batch_size} "
+                             f"x num_train_epochs {sq.num_train_epochs} gives no training step")
+        warmup = int(steps * sq.warmup_proportion)
+        _print(f"[run_squad] {len(train_examples)} training questions, {len(train_features.example_index)} windows; "
+               f"{steps} steps of {train.train_batch_size}, {warmup} warmup")
+        loop.run(train.replace(do_train=True, do_eval=False, num_train_steps=steps, num_warmup_steps=warmup), task)
+    if not (sq.do_predict or sq.export_hf):
+        return {}
+    params, step = finetuning.run_params(task, train.output_dir, train.init_checkpoint, mesh)
+    results: dict = {}
+    if sq.do_predict:
+        examples = squad.read_squad_examples(sq.predict_file, False, sq.version_2_with_negative)
+        features = squad.convert_examples_to_features(examples, tokenizer, is_training=False, **window)
+        start_logits, end_logits = task.predict(params, features.arrays, sq.predict_batch_size, mesh)
+        preds, nbest, odds = squad.write_predictions(
+            examples, features, np.asarray(start_logits), np.asarray(end_logits), n_best_size=sq.n_best_size,
+            max_answer_length=sq.max_answer_length, do_lower_case=sq.do_lower_case,
+            version_2_with_negative=sq.version_2_with_negative,
+            null_score_diff_threshold=sq.null_score_diff_threshold, id_to_token=tokenizer.id_to_token)
+        if jax.process_index() == 0:
+            os.makedirs(train.output_dir, exist_ok=True)
+            files = {"predictions.json": preds, "nbest_predictions.json": nbest}
+            if sq.version_2_with_negative:
+                files["null_odds.json"] = odds
+            for name, obj in files.items():
+                with open(os.path.join(train.output_dir, name), "w", encoding="utf-8") as f:
+                    json.dump(obj, f, indent=2)
+            with open(sq.predict_file, encoding="utf-8") as f:
+                data = json.load(f)["data"]
+            has_answers = any(qa.get("answers") for a in data for p in a["paragraphs"] for qa in p["qas"])
+            if has_answers:
+                results = (squad_eval.evaluate_v2(data, preds, odds) if sq.version_2_with_negative
+                           else squad_eval.evaluate_v1(data, preds))
+                results["global_step"] = int(step)
+                with open(os.path.join(train.output_dir, "eval_results.json"), "w", encoding="utf-8") as f:
+                    json.dump(results, f, indent=2, sort_keys=True)
+        _print(f"[run_squad] {len(preds)} predictions in {train.output_dir}/predictions.json"
+               + (": " + ", ".join(f"{k} {v:.2f}" for k, v in results.items() if isinstance(v, float)) if results
+                  else ""))
+    if sq.export_hf and jax.process_index() == 0:
+        convert.to_hf_finetuned(task.model_cfg, jax.device_get(params), sq.export_hf, "BertForQuestionAnswering")
+        _print(f"[run_squad] exported BertForQuestionAnswering to {sq.export_hf}")
+    return results
+
+
+def _print(line: str) -> None:
+    import jax
+
+    if jax.process_index() == 0:
+        print(line, flush=True)
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise cli.UsageError(f"unexpected arguments {argv[1:]}; every setting is a --flag")
+    if not F["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    if F.model is None and F.bert_config_file is None and F.init_checkpoint and os.path.exists(
+            os.path.join(F.init_checkpoint, "config.json")):
+        F.model = os.path.join(F.init_checkpoint, "config.json")  # an HF directory describes its model
+    train = cli.from_flags(TrainConfig)
+    sq = cli.from_flags(SquadConfig)
+    from bertgpt_jax.training import config
+
+    config.init_distributed(train)
+    run(train, sq)
+
+
+if __name__ == "__main__":
+    from bertgpt_jax.training.loop import NonFiniteError
+
+    cli.run(main, user_errors=(ValueError, FileNotFoundError, NonFiniteError))

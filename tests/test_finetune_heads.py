@@ -1,0 +1,54 @@
+"""Token and span heads against transformers' BertForTokenClassification / BertForQuestionAnswering on the same
+(random) weights, through the HF export; the exported head loads back unchanged."""
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(1)
+    ids = rng.integers(5, 256, (2, 12)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, 7:] = 0
+    types = np.zeros_like(ids)
+    types[:, 6:] = 1
+    return ids, mask, types
+
+
+@pytest.mark.parametrize("kind", ["token", "span"])
+def test_heads_match_transformers(kind, batch, tmp_path):
+    import flax.linen as nn
+    import jax
+    import torch
+    import transformers
+
+    from bertgpt_jax import configs, convert
+    from bertgpt_jax.models.finetune import SpanClassifier, TokenClassifier, strip_pretraining_heads
+
+    cfg = configs.get("bert-tiny").replace(vocab_size=256, num_hidden_layers=2, kernels="xla")
+    ids, mask, types = batch
+    model = TokenClassifier(cfg, 5) if kind == "token" else SpanClassifier(cfg)
+    params = strip_pretraining_heads(nn.unbox(model.init(jax.random.PRNGKey(0), ids, attention_mask=mask,
+                                                         token_type_ids=types)["params"]))
+    params["bert"].pop("pooler")
+    # Random, non-zero biases so every tensor's placement is checked.
+    head = "classifier" if kind == "token" else "qa_outputs"
+    params[head]["bias"] = jax.random.normal(jax.random.PRNGKey(1), params[head]["bias"].shape)
+    arch = "BertForTokenClassification" if kind == "token" else "BertForQuestionAnswering"
+    convert.to_hf_finetuned(cfg, params, str(tmp_path), arch, [f"L{i}" for i in range(5)] if kind == "token" else None)
+    ref = getattr(transformers, arch).from_pretrained(str(tmp_path)).eval()
+    ours = jax.jit(lambda p: model.apply({"params": p}, ids, attention_mask=mask, token_type_ids=types))(params)
+    with torch.no_grad():
+        out = ref(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
+                  token_type_ids=torch.tensor(types, dtype=torch.long))
+    if kind == "token":
+        pairs = [(np.asarray(ours), out.logits.numpy())]
+    else:
+        pairs = [(np.asarray(ours[0]), out.start_logits.numpy()), (np.asarray(ours[1]), out.end_logits.numpy())]
+    for a, b in pairs:
+        assert a.shape == b.shape and np.std(a) > 1e-3
+        assert np.max(np.abs(a - b)) <= 1e-4, np.max(np.abs(a - b))
+    _, encoder, loaded = convert.from_hf_finetuned(str(tmp_path))
+    np.testing.assert_array_equal(loaded[head]["kernel"], np.asarray(params[head]["kernel"]))
+    assert "pooler" not in encoder
