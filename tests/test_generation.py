@@ -213,3 +213,28 @@ def test_cli_generates_from_a_run_directory(setup, tmp_path):
 def test_a_bert_checkpoint_is_refused(tmp_path, minilm_dir):
     with pytest.raises(ValueError, match="is a BERT model .* generation needs a GPT-2 checkpoint"):
         loading.load(minilm_dir, model_type="gpt2", purpose="generation")
+
+
+def test_pretraining_runs_describe_themselves_for_the_tools(setup, tmp_path):
+    from bertgpt_jax import configs, pretrain, tokenization
+    from bertgpt_jax.tasks import PretrainingData
+    from bertgpt_jax.training import TrainConfig
+
+    store = tmp_path / "store"
+    setup["tok"].save(str(store / "tokenizer"))
+    out = tmp_path / "out"
+    cfg = setup["cfg"].replace(scan_layers=True)
+    pretrain.describe_run(TrainConfig(output_dir=str(out), model="gpt2"), PretrainingData(dataset=str(store)), cfg)
+    described = json.loads((out / "model_config.json").read_text())
+    assert configs.ModelConfig.from_dict(described).replace(scan_layers=described["scan_layers"]) == cfg
+    assert tokenization.from_file(str(out / "tokenizer")).fingerprint == setup["tok"].fingerprint
+
+
+def test_a_run_trained_with_scanned_layers_loads_unscanned(setup, tmp_path):
+    from bertgpt_jax import convert
+
+    cfg = setup["cfg"].replace(scan_layers=True)
+    run = im.write_run(str(tmp_path / "run"), cfg, convert.stack_layers(cfg, setup["params"]), setup["tok"])
+    loaded = loading.load(run, mesh=sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
+    assert not loaded.cfg.scan_layers and "layer_1" in loaded.params["h"]
+    assert Generator(loaded, eos_token_id=-1).generate([setup["prompts"][0]], NEW)[0].token_ids == setup["ref"][0]
