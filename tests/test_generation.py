@@ -204,10 +204,8 @@ def test_cli_generates_from_a_run_directory(setup, tmp_path):
     # Bad input exits with status 2 and says what is wrong.
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
-    for args, message in (([f"--prompt_file={empty}"], "holds no prompt"),
-                          (["--prompt=hi", "--top_p=0"], "top_p must be in (0, 1]")):
-        res = _cli(f"--init_checkpoint={run}", *args)
-        assert res.returncode == 2 and message in res.stderr, (args, res.stderr[-2000:])
+    res = _cli(f"--init_checkpoint={run}", f"--prompt_file={empty}")
+    assert res.returncode == 2 and "holds no prompt" in res.stderr, res.stderr[-2000:]
 
 
 def test_a_bert_checkpoint_is_refused(tmp_path, minilm_dir):
