@@ -236,3 +236,28 @@ def test_a_run_trained_with_scanned_layers_loads_unscanned(setup, tmp_path):
     loaded = loading.load(run, mesh=sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
     assert not loaded.cfg.scan_layers and "layer_1" in loaded.params["h"]
     assert Generator(loaded, eos_token_id=-1).generate([setup["prompts"][0]], NEW)[0].token_ids == setup["ref"][0]
+
+
+def test_an_hf_directory_with_the_gpt2_ranks_file_as_vocab_file(tmp_path, gpt2_tiktoken):
+    import base64
+
+    import tiktoken
+
+    from bertgpt_jax.tokenization import bpe
+
+    with open(gpt2_tiktoken, "rb") as f:
+        ranks = {base64.b64decode(a): int(b) for a, b in (line.split() for line in f if line.strip())}
+    reference = tiktoken.Encoding("gpt2", pat_str=bpe.GPT2_PATTERN, mergeable_ranks=ranks,
+                                  special_tokens={"<|endoftext|>": 50256})
+    cfg = im.gpt2_config(50257, hidden_size=32, num_attention_heads=2, intermediate_size=64)
+    hf = im.hf_model(cfg)
+    hf.save_pretrained(str(tmp_path))  # weights and config only: no tokenizer files
+    mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+    bare = loading.load(str(tmp_path), model_type="gpt2", mesh=mesh)
+    with pytest.raises(ValueError, match="holds no tokenizer; pass --vocab_file"):
+        generation.generate(bare, ["Hello world"], 8)
+    loaded = loading.load(str(tmp_path), vocab_file=gpt2_tiktoken, mesh=mesh)
+    ids = reference.encode("Hello world, said the")
+    assert loaded.tokenizer.encode("Hello world, said the") == ids
+    [[gen]] = generation.generate(loaded, ["Hello world, said the"], 16)
+    assert gen.token_ids == _hf_greedy(hf, [ids], 16, eos=50256)[0]
