@@ -170,7 +170,8 @@ def main() -> None:
             results[f"generate_b{batch}"] = {"ours": ours, "transformers": hf,
                                              "ratio": ours["tokens_per_sec"] / hf["tokens_per_sec"],
                                              "rows_with_identical_tokens": f"{same}/{batch}"}
-            print(f"generate batch {batch}: ours {ours['tokens_per_sec']:.1f} tok/s ({ours['peak_rss_mb']:.0f} MB peak), "
+            print(f"generate batch {batch}: ours {ours['tokens_per_sec']:.1f} tok/s "
+                  f"({ours['peak_rss_mb']:.0f} MB peak), "
                   f"transformers {hf['tokens_per_sec']:.1f} tok/s ({hf['peak_rss_mb']:.0f} MB peak): "
                   f"{results[f'generate_b{batch}']['ratio']:.2f}x; identical greedy tokens in {same}/{batch} rows",
                   flush=True)
@@ -182,8 +183,9 @@ def main() -> None:
         hf = _subprocess("hf_features", minilm, a.sentences, a.rounds)
         results["features"] = {"ours": ours, "transformers": hf,
                                "ratio": ours["sentences_per_sec"] / hf["sentences_per_sec"]}
-        print(f"features, {a.sentences} sentences: ours {ours['sentences_per_sec']:.1f}/s ({ours['peak_rss_mb']:.0f} MB "
-              f"peak), transformers {hf['sentences_per_sec']:.1f}/s ({hf['peak_rss_mb']:.0f} MB peak): "
+        print(f"features, {a.sentences} sentences: ours {ours['sentences_per_sec']:.1f}/s "
+              f"({ours['peak_rss_mb']:.0f} MB peak), transformers {hf['sentences_per_sec']:.1f}/s "
+              f"({hf['peak_rss_mb']:.0f} MB peak): "
               f"{results['features']['ratio']:.2f}x", flush=True)
     if a.output:
         with open(a.output, "w") as f:

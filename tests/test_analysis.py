@@ -77,8 +77,8 @@ def test_attention_cli_draws_panels_and_writes_weights(gpt, tmp_path):
     assert list(saved["tokens"]) == expect.tokens
     h, w = matplotlib.image.imread(str(png)).shape[:2]
     assert h > 1.8 * w  # two layers stacked, one head: a tall figure
-    res = _cli("attention", f"--init_checkpoint={gpt['run']}", "--text=hi", "--text_b=there", f"--output={png}")
-    assert res.returncode == 2 and "text_b is for BERT's sentence pairs" in res.stderr
+    with pytest.raises(ValueError, match="text_b is for BERT's sentence pairs"):
+        attention.attention_maps(gpt["loaded"], "hi", "there")
 
 
 def test_windows_score_every_token_once():

@@ -80,7 +80,8 @@ def test_extract_features_cli_writes_the_original_jsonl_and_arrays(minilm_dir, t
     # Bad input: exit status 2 and a message that says what is wrong.
     empty = tmp_path / "empty.txt"
     empty.write_text("\n \n")
-    res = _cli("extract_features", f"--input_file={empty}", f"--output_file={out_json}", f"--init_checkpoint={minilm_dir}")
+    res = _cli("extract_features", f"--input_file={empty}", f"--output_file={out_json}",
+               f"--init_checkpoint={minilm_dir}")
     assert res.returncode == 2 and "holds no example" in res.stderr, res.stderr[-2000:]
     with pytest.raises(ValueError, match="has no masked-LM head .* fill-mask needs BertForMaskedLM"):
         loading.load(minilm_dir, model_type="bert", need_mlm_head=True, purpose="fill-mask")

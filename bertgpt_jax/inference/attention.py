@@ -30,15 +30,19 @@ class AttentionMaps:
     token_ids: list[int]
 
     def select(self, layers: Sequence[int] | None, heads: Sequence[int] | None) -> tuple[list[int], list[int]]:
+        """Layer and head indices (all when empty; negative from the end), checked."""
         L, H = self.weights.shape[:2]
-        layers = list(range(L)) if not layers else [lay % L if -L <= lay < L else _bad("layer", lay, L) for lay in layers]
-        heads = list(range(H)) if not heads else [h % H if -H <= h < H else _bad("head", h, H) for h in heads]
-        return layers, heads
+        return _indices("layer", layers, L), _indices("head", heads, H)
 
 
-def _bad(what: str, index: int, n: int):
-    raise ValueError(f"{what} {index} does not exist: the model has {n} {what}s (0 .. {n - 1}, or negative from "
-                     "the end)")
+def _indices(what: str, given: Sequence[int] | None, n: int) -> list[int]:
+    if not given:
+        return list(range(n))
+    for index in given:
+        if not -n <= index < n:
+            raise ValueError(f"{what} {index} does not exist: the model has {n} {what}s (0 .. {n - 1}, or negative "
+                             "from the end)")
+    return [index % n for index in given]
 
 
 def _layer_number(path) -> int:
@@ -87,8 +91,8 @@ def _label(tok, token_id: int, byte_level: bool) -> str:
     return text.replace(" ", "␣").replace("\n", "\\n") or tok.id_to_token(token_id)
 
 
-def draw_attention(maps: AttentionMaps, path: str, layers: Sequence[int] | None = None, heads: Sequence[int] | None = None,
-         title: str | None = None) -> None:
+def draw_attention(maps: AttentionMaps, path: str, layers: Sequence[int] | None = None,
+                   heads: Sequence[int] | None = None, title: str | None = None) -> None:
     """One heat-map panel per (layer, head): queries down, keys across, token labels on both axes; each panel's
     colours span 0 to its largest weight."""
     import matplotlib

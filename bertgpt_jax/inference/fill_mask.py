@@ -90,7 +90,8 @@ class FillMask:
         self._forward = jax.jit(forward, in_shardings=(jax.tree.map(lambda p: p.sharding, loaded.params),
                                                        rows, rows, rows))
 
-    def log_probs(self, ids: list[list[int]], positions: list[list[int]], max_seq_length: int = 512) -> list[np.ndarray]:
+    def log_probs(self, ids: list[list[int]], positions: list[list[int]],
+                  max_seq_length: int = 512) -> list[np.ndarray]:
         """Per example, log-probabilities [num masks, V] at its masked positions."""
         dp = sharding.data_parallel_size(self.loaded.mesh)
         B = text_inputs.round_up(len(ids), dp)

@@ -201,7 +201,8 @@ class Generator:
                                  "ask for fewer new tokens")
             bad = [t for t in p if not 0 <= int(t) < self.cfg.vocab_size]
             if bad:
-                raise ValueError(f"prompt {i} has token ids {bad[:5]} outside the vocabulary [0, {self.cfg.vocab_size})")
+                raise ValueError(f"prompt {i} has token ids {bad[:5]} outside the vocabulary "
+                                 f"[0, {self.cfg.vocab_size})")
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int = 64, sampling: Sampling = Sampling(),
                  seed: int = 0, sample_ids: Sequence[int] | None = None) -> list[Generation]:
