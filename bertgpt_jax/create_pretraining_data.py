@@ -158,8 +158,8 @@ class _SplitWriter:
                 self.path = os.path.join(self.store_dir, shard_file(self.split, self.index))
                 self.writer = ArrayRecordWriter(self.path + ".tmp", token_store.WRITER_OPTIONS)
             self.writer.write(record)
-            tokens, _ = token_store.decode_document(record, self.dtype)
-            self.stats["max_token_id"] = max(self.stats["max_token_id"], int(tokens.max()))
+            ids, _ = token_store.decode_document(record, self.dtype)
+            self.stats["max_token_id"] = max(self.stats["max_token_id"], int(ids.max()))
             self.stats["documents"] += 1
             self.stats["sentences"] += sentences
             self.stats["tokens"] += tokens

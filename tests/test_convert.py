@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -283,3 +284,31 @@ def test_bf16_and_sharded_checkpoints_import(tmp_path):
     assert (tmp_path / "shards" / "model.safetensors.index.json").exists()
     _, sharded = convert.from_hf(str(tmp_path / "shards"))
     jax.tree.map(np.testing.assert_array_equal, sharded, bf16)  # the same (bf16-rounded) weights
+
+
+def test_damaged_safetensors_and_index_are_refused_by_name(tmp_path):
+    import struct
+
+    from safetensors.numpy import save_file
+
+    good = str(tmp_path / "model.safetensors")
+    save_file({"w": np.arange(64, dtype=np.float32).reshape(8, 8)}, good)
+    np.testing.assert_array_equal(convert.load_safetensors(good)["w"], np.arange(64).reshape(8, 8))
+    raw = open(good, "rb").read()
+    truncated = str(tmp_path / "truncated.safetensors")
+    open(truncated, "wb").write(raw[:-17])
+    with pytest.raises(ValueError, match=f"tensor w in {truncated} lies at bytes .* truncated"):
+        convert.load_safetensors(truncated)
+    huge = str(tmp_path / "huge.safetensors")
+    open(huge, "wb").write(struct.pack("<Q", 1 << 62) + raw[8:])
+    with pytest.raises(ValueError, match=f"{huge} is not a valid safetensors file: its header length"):
+        convert.load_safetensors(huge)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    shutil.copy(good, tmp_path / "outside.safetensors")
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "../outside.safetensors"}}))
+    with pytest.raises(ValueError, match="outside the checkpoint directory"):
+        convert.load_hf_tensors(str(ckpt))
+    shutil.copy(good, ckpt / "part-1.safetensors")
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "part-1.safetensors"}}))
+    assert list(convert.load_hf_tensors(str(ckpt))) == ["w"]

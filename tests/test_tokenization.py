@@ -82,6 +82,16 @@ def test_wordpiece_identical_to_python_bert_tokenizer(minilm_dir, lower):
     assert long[-1] == "[UNK]" and long.count("[UNK]") == 1
 
 
+def test_wordpiece_character_classes_are_built_in_this_session():
+    from bertgpt_jax.tokenization import wordpiece
+
+    # conftest points the cache at a fresh directory: the test below checks a table built by this code.
+    assert wordpiece._cache_path().startswith(os.environ["BERTGPT_JAX_CACHE_DIR"])
+    wordpiece._classes.cache_clear()
+    assert wordpiece._classes() == wordpiece._build_classes()
+    assert os.path.exists(wordpiece._cache_path())
+
+
 @pytest.mark.parametrize("lower", [True, False])
 def test_wordpiece_every_character_class_matches(minilm_dir, lower):
     """Each code point (sampled: all of the BMP's first 0x3400, then every 13th, plus block edges) inside
@@ -147,12 +157,28 @@ def test_wordpiece_loads_every_format_and_round_trips(minilm_dir, tmp_path):
 
 
 def _gpt2_reference(path):
+    """tiktoken's GPT-2 encoding: the published ranks, and tiktoken's own published GPT-2 pattern (not ours)."""
     import tiktoken
+    from tiktoken_ext.openai_public import r50k_pat_str
 
     with open(path, "rb") as f:
         ranks = {base64.b64decode(a): int(b) for a, b in (line.split() for line in f if line.strip())}
-    return tiktoken.Encoding("gpt2-reference", pat_str=bpe.GPT2_PATTERN, mergeable_ranks=ranks,
+    return tiktoken.Encoding("gpt2-reference", pat_str=r50k_pat_str, mergeable_ranks=ranks,
                              special_tokens={"<|endoftext|>": 50256}), ranks
+
+
+# GPT-2's ids for a few strings, as its published tokenizer gives them (contractions are pre-tokens of their own).
+GPT2_KNOWN_IDS = {
+    "Hello world": [15496, 995],
+    "I'm": [40, 1101],
+    " don't": [836, 470],
+    "We'll see, they've said it's fine.": [1135, 1183, 766, 11, 484, 1053, 531, 340, 338, 3734, 13],
+}
+
+
+def test_gpt2_bpe_gives_gpt2s_known_ids(gpt2_tiktoken):
+    tok = tokenization.from_file(gpt2_tiktoken)
+    assert {text: tok.encode(text) for text in GPT2_KNOWN_IDS} == GPT2_KNOWN_IDS
 
 
 def test_gpt2_bpe_identical_to_tiktoken_and_lossless(gpt2_tiktoken):
@@ -314,6 +340,39 @@ def test_train_each_kind(sentences, tmp_path, kind):
     assert table.shape == (tok.vocab_size,) and 0 < table.sum() < tok.vocab_size
     cased = tokenization.train_tokenizer(sentences[:1500], kind=kind, vocab_size=800, do_lower_case=False)
     assert cased.encode("The") != cased.encode("the")
+
+
+def _spm_bpe_reference(sp, text):
+    """SentencePiece's BPE encoding written out from its definition (not the library's encoder): spaces become
+    U+2581 with one in front, then the adjacent pair whose concatenation is the highest-scoring piece is merged
+    (leftmost on ties) until no pair is a piece. Pieces and scores come from the model file."""
+    scores = {sp.id_to_piece(i): sp.get_score(i) for i in range(sp.get_piece_size())
+              if not (sp.is_control(i) or sp.is_unknown(i))}
+    symbols = list("\u2581" + "\u2581".join(text.split()))
+    while True:
+        best = None
+        for i in range(len(symbols) - 1):
+            merged = symbols[i] + symbols[i + 1]
+            if merged in scores and (best is None or scores[merged] > best[0]):
+                best = (scores[merged], i)
+        if best is None:
+            return symbols
+        i = best[1]
+        symbols[i:i + 2] = [symbols[i] + symbols[i + 1]]
+
+
+def test_sentencepiece_bpe_matches_its_definition(sentences, tmp_path):
+    import sentencepiece
+
+    tok = tokenization.train_tokenizer(sentences, kind="sentencepiece", vocab_size=700,
+                                       sentencepiece_model_type="bpe", do_lower_case=True)
+    path = tok.save(str(tmp_path))
+    sp = sentencepiece.SentencePieceProcessor(model_file=os.path.join(path, "spm.model")
+                                              if os.path.isdir(path) else path)
+    texts = [s.lower() for s in sentences[:200] if s.isascii() and "[" not in s and s.strip()][:60]
+    assert len(texts) >= 30
+    for text in texts:
+        assert tok.tokenize(text) == _spm_bpe_reference(sp, text), text
 
 
 def test_sentencepiece_model_file_matches_the_library(sentences, tmp_path):

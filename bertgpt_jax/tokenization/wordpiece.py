@@ -18,6 +18,7 @@ tokenizer and is part of its fingerprint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import unicodedata
@@ -39,11 +40,20 @@ def _ranges_to_class(ranges: list[tuple[int, int]]) -> str:
     return "[" + "".join(f"\\x{{{a:x}}}" + (f"-\\x{{{b:x}}}" if b > a else "") for a, b in ranges) + "]"
 
 
+def _cache_path() -> str:
+    """Where the character classes are cached: ``$BERTGPT_JAX_CACHE_DIR`` (else the user's cache directory),
+    keyed by the Unicode version and by this module's source, so changed code never reads an old table."""
+    root = os.environ.get("BERTGPT_JAX_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bertgpt_jax")
+    with open(__file__, "rb") as f:
+        code = hashlib.sha256(f.read()).hexdigest()[:12]
+    return os.path.join(root, f"bert_char_classes-unicode{unicodedata.unidata_version}-{code}.json")
+
+
 @lru_cache(maxsize=1)
 def _classes() -> dict[str, str]:
-    """``_build_classes()``, cached on disk per Unicode version (building takes about a second)."""
-    cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bertgpt_jax",
-                         f"bert_char_classes-unicode{unicodedata.unidata_version}.json")
+    """``_build_classes()``, cached on disk (building takes about a second)."""
+    cache = _cache_path()
     try:
         with open(cache, encoding="utf-8") as f:
             classes = json.load(f)

@@ -85,7 +85,7 @@ def verify_checksums(step_dir: str) -> str | None:
             return f"{full} is missing"
         size = os.path.getsize(full)
         if size != want["bytes"]:
-            return f"{full} has {size} bytes, {want['bytes']} were written"
+            return f"{full} has {size} bytes, but {want['bytes']} bytes were written"
         if _file_digest(full) != want["sha256"]:
             return f"{full} does not match its recorded SHA-256 (the file was changed or corrupted)"
     return None

@@ -267,7 +267,9 @@ def _train_loop(cfg, task, compiled, state, batch, train_it, ckpt, writer, eval_
     last_time, last_step = time.perf_counter(), start
     skipped = 0
 
-    def handle(step_no: int, dev_metrics: dict, extra: dict | None = None) -> None:
+    def handle(step_no: int, dev_metrics: dict, timing: dict | None = None, extra: dict | None = None) -> None:
+        """Logs a step. ``timing`` (steps that synchronised, to save a checkpoint): when the step finished,
+        and the pause after it (the save) that the next record's window leaves out."""
         nonlocal last_time, last_step, skipped
         m = jax.device_get(dev_metrics)
         if not bool(m["finite"]):
@@ -278,8 +280,9 @@ def _train_loop(cfg, task, compiled, state, batch, train_it, ckpt, writer, eval_
                     f"--num_warmup_steps, check --dtype, or pass --nonfinite=skip to skip such steps")
             skipped += 1
             logging.warning("step %d: non-finite loss or gradient; update skipped (%d so far)", step_no, skipped)
+        pause = timing["pause"] if timing else 0.0
         if step_no % cfg.log_every_steps == 0 or step_no == cfg.num_train_steps:
-            now = time.perf_counter()
+            now = timing["done_at"] if timing else time.perf_counter()
             elapsed = max(now - last_time, 1e-9)
             n = max(step_no - last_step, 1)
             record = {"train/loss": float(m["loss"]), "train/learning_rate": float(m["learning_rate"]),
@@ -289,8 +292,9 @@ def _train_loop(cfg, task, compiled, state, batch, train_it, ckpt, writer, eval_
             sums = {k: float(v) for k, v in m.items() if k.endswith(("_sum", "_count"))}
             record.update({f"train/{k}": v for k, v in task.summarize(sums).items() if k != "loss"})
             out["train/loss"] = record["train/loss"]
-            last_time, last_step = now, step_no
+            last_time, last_step = now + pause, step_no
         else:
+            last_time += pause
             record = {}
         record.update(extra or {})
         if record:
@@ -304,21 +308,22 @@ def _train_loop(cfg, task, compiled, state, batch, train_it, ckpt, writer, eval_
     for i in range(start, cfg.num_train_steps):
         state, dev_metrics = compiled(state, batch)
         step_no = i + 1
+        timing = None
         # The iterator has yielded exactly step_no batches here: save before fetching the next.
         if step_no % cfg.save_checkpoints_steps == 0 or preempt.requested:
-            # Time the steps, not the save: the step before is logged and this one finished first,
-            # and the save's time is left out of the next record's window.
+            # Time the steps, not the save: the step before is logged and this one waited for first; the
+            # step's window ends when it finished, and the next one's starts after the save.
             if pending is not None:
                 handle(*pending)
                 pending = None
             jax.block_until_ready(dev_metrics)
-            t_save = time.perf_counter()
+            done_at = time.perf_counter()
             ckpt.save(state, force=preempt.requested)
-            last_time += time.perf_counter() - t_save
+            timing = {"done_at": done_at, "pause": time.perf_counter() - done_at}
         if preempt.requested:
             if pending is not None:
                 handle(*pending)
-            handle(step_no, dev_metrics)
+            handle(step_no, dev_metrics, timing)
             ckpt.wait()
             out["stopped_by"] = "sigterm"
             _print(f"[{type(task).__name__}] SIGTERM: saved checkpoint at step {step_no} in {ckpt.directory}; "
@@ -328,13 +333,17 @@ def _train_loop(cfg, task, compiled, state, batch, train_it, ckpt, writer, eval_
             batch = inputs.place(next(train_it), mesh, cfg.train_batch_size)
         if pending is not None:
             handle(*pending)
-        pending = (step_no, dev_metrics)
+        pending = (step_no, dev_metrics, timing)
         if bar is not None:
             bar.update(1)
         if cfg.do_eval and cfg.eval_every_steps and step_no % cfg.eval_every_steps == 0:
             t_eval = time.perf_counter()
             ev = evaluate(eval_step, state.params, cfg, task, mesh)
-            last_time += time.perf_counter() - t_eval  # evaluation time is not training time
+            eval_seconds = time.perf_counter() - t_eval  # evaluation time is not training time
+            if timing:
+                timing["pause"] += eval_seconds
+            else:
+                last_time += eval_seconds
             handle(*pending, extra=ev)
             pending = None
             ckpt.save_best(step_no, state.params, ev)
