@@ -28,6 +28,8 @@ TEST = [
     # The CPU wheel lies on disk; an unpinned torch pulls a multi-GB CUDA build.
     "torch==2.13.0",
     "transformers>=5.0",
+    # The reference for entity-level tagging scores.
+    "seqeval==1.2.2",
 ]
 
 setup(
