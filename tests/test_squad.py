@@ -185,3 +185,14 @@ def test_run_squad_learns_to_find_the_span(minilm_dir, tmp_path):
     preds = json.load(open(os.path.join(out, "predictions.json")))
     nbest = json.load(open(os.path.join(out, "nbest_predictions.json")))
     assert len(preds) == 40 and set(nbest) == set(preds) and len(nbest["q0"]) <= 20
+
+
+def test_basic_tokenize_matches_the_bert_normalizer_and_pre_tokenizer():
+    from tokenizers import normalizers, pre_tokenizers
+
+    norm = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    for text in ["Steve Smith's bat, (1990)!", "Héllo\u00a0Wörld—naïve café", "中文字符 and ASCII", "a\x0bb\x07c\td",
+                 "tabs\tand\nnewlines\r\n", "$5.00 & 50% off: e.g. U.S.A.", "\u202fnarrow nbsp\u3000ideographic"]:
+        expected = [w for w, _ in pre.pre_tokenize_str(norm.normalize_str(text))]
+        assert squad.basic_tokenize(text, True) == expected, text
