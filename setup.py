@@ -34,6 +34,8 @@ TEST = [
     "nbclient>=0.10",
     "nbformat>=5.10",
     "ipykernel>=6.29",
+    # The reference for entity-level tagging scores.
+    "seqeval==1.2.2",
 ]
 
 # The TPU runtime, matching jax 0.10.2 (jax[tpu]==0.10.2 pins it): TPU VMs, and --compile_only on any host.

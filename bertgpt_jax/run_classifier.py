@@ -67,13 +67,6 @@ class ClassifierConfig:
 cli.define_flags(ClassifierConfig, TrainConfig)
 
 
-def write_results(path: str, metrics: dict) -> None:
-    """``key = value`` lines sorted by key, as the original writes eval_results.txt."""
-    with open(path, "w", encoding="utf-8") as f:
-        for key in sorted(metrics):
-            f.write(f"{key} = {metrics[key]}\n")
-
-
 def _eval_metrics(task, processor, task_name, logits, labels, prefix="eval_") -> dict:
     import numpy as np
 
@@ -174,7 +167,7 @@ def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
                                          prefix="eval_mm_"))
         if jax.process_index() == 0:
             os.makedirs(train.output_dir, exist_ok=True)
-            write_results(os.path.join(train.output_dir, "eval_results.txt"), metrics)
+            finetuning.write_results(os.path.join(train.output_dir, "eval_results.txt"), metrics)
             with open(os.path.join(train.output_dir, "eval_results.json"), "w", encoding="utf-8") as f:
                 json.dump(metrics, f, indent=2, sort_keys=True)
         _print("[run_classifier] eval: " + ", ".join(f"{k} = {v:.4f}" if isinstance(v, float) else f"{k} = {v}"

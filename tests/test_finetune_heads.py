@@ -52,3 +52,34 @@ def test_heads_match_transformers(kind, batch, tmp_path):
     _, encoder, loaded = convert.from_hf_finetuned(str(tmp_path))
     np.testing.assert_array_equal(loaded[head]["kernel"], np.asarray(params[head]["kernel"]))
     assert "pooler" not in encoder
+
+
+def test_layer_mix_head_and_frozen_encoder():
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from bertgpt_jax import configs
+    from bertgpt_jax.models.bert import Bert
+    from bertgpt_jax.models.finetune import SequenceClassifier, strip_pretraining_heads
+
+    cfg = configs.get("bert-tiny").replace(vocab_size=256, num_hidden_layers=2, kernels="xla")
+    rng = np.random.default_rng(2)
+    ids = rng.integers(5, 256, (3, 10)).astype(np.int32)
+    mask = np.ones_like(ids)
+    model = SequenceClassifier(cfg, 4, layer_mix=True, freeze_encoder=True)
+    params = strip_pretraining_heads(nn.unbox(model.init(jax.random.PRNGKey(0), ids, attention_mask=mask)["params"]))
+    params["mix_weights"] = jnp.asarray([0.3, -1.0, 2.0])  # embeddings + 2 layers
+    params["mix_scale"] = jnp.asarray(1.7)
+    logits = model.apply({"params": params}, ids, attention_mask=mask)
+    # Reference: the encoder's hidden states, mixed by hand.
+    hidden = Bert(cfg).apply({"params": params["bert"]}, ids, attention_mask=mask, output_hidden_states=True)
+    w = np.exp([0.3, -1.0, 2.0]) / np.exp([0.3, -1.0, 2.0]).sum()
+    mixed = 1.7 * sum(w[i] * np.asarray(h[:, 0]) for i, h in enumerate(hidden.hidden_states))
+    ref = mixed @ np.asarray(params["classifier"]["kernel"]) + np.asarray(params["classifier"]["bias"])
+    np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-5)
+    labels = jnp.asarray([0, 1, 2])
+    grads = jax.grad(lambda p: model.apply({"params": p}, ids, attention_mask=mask, labels=labels)["cls_loss_sum"])(
+        params)
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads["bert"]))  # frozen encoder
+    assert float(jnp.abs(grads["mix_weights"]).max()) > 0 and float(jnp.abs(grads["classifier"]["kernel"]).max()) > 0

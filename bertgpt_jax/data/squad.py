@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -250,37 +251,47 @@ def _is_chinese_char(cp: int) -> bool:
             or 0x2F800 <= cp <= 0x2FA1F)
 
 
+_ASCII_CONTROL = frozenset(chr(c) for c in list(range(0x00, 0x09)) + [0x0B, 0x0C] + list(range(0x0E, 0x20)) + [0x7F])
+
+
 def basic_tokenize(text: str, do_lower_case: bool = True) -> list[str]:
     """The original ``BasicTokenizer``: drop control characters, space out CJK characters, split on whitespace,
-    lower-case and strip accents (``do_lower_case``), split off punctuation."""
-    chars = []
-    for c in text:
-        cp = ord(c)
-        if cp == 0 or cp == 0xFFFD or (unicodedata.category(c).startswith("C") and c not in "\t\n\r"):
-            continue
-        if is_whitespace(c) or unicodedata.category(c) == "Zs":
-            chars.append(" ")
-        elif _is_chinese_char(cp):
-            chars.append(f" {c} ")
-        else:
-            chars.append(c)
-    out = []
-    for token in "".join(chars).split():
-        if do_lower_case:
-            token = "".join(ch for ch in unicodedata.normalize("NFD", token.lower())
-                            if unicodedata.category(ch) != "Mn")
-        piece = ""
-        for ch in token:
-            if _is_punctuation(ch):
-                if piece:
-                    out.append(piece)
-                out.append(ch)
-                piece = ""
+    lower-case and strip accents (``do_lower_case``), split off punctuation. Words are split once each
+    (cached): post-processing calls this for every n-best answer."""
+    if text.isascii() and not _ASCII_CONTROL.intersection(text):
+        words = text.split()  # the same split as the character loop below, for such text
+    else:
+        chars = []
+        for c in text:
+            cp = ord(c)
+            if cp == 0 or cp == 0xFFFD or (unicodedata.category(c).startswith("C") and c not in "\t\n\r"):
+                continue
+            if is_whitespace(c) or unicodedata.category(c) == "Zs":
+                chars.append(" ")
+            elif _is_chinese_char(cp):
+                chars.append(f" {c} ")
             else:
-                piece += ch
-        if piece:
-            out.append(piece)
-    return out
+                chars.append(c)
+        words = "".join(chars).split()
+    return [piece for w in words for piece in _split_word(w, do_lower_case)]
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _split_word(token: str, do_lower_case: bool) -> tuple[str, ...]:
+    if do_lower_case:
+        token = "".join(ch for ch in unicodedata.normalize("NFD", token.lower()) if unicodedata.category(ch) != "Mn")
+    out, piece = [], ""
+    for ch in token:
+        if _is_punctuation(ch):
+            if piece:
+                out.append(piece)
+            out.append(ch)
+            piece = ""
+        else:
+            piece += ch
+    if piece:
+        out.append(piece)
+    return tuple(out)
 
 
 def _strip_spaces(text: str):
@@ -336,27 +347,39 @@ def write_predictions(examples: list[SquadExample], features: SquadFeatures, sta
     by_example = collections.defaultdict(list)
     for f_index, ex_index in enumerate(features.example_index):
         by_example[ex_index].append(f_index)
+    start_logits, end_logits = np.asarray(start_logits), np.asarray(end_logits)
+    F, T = start_logits.shape
+    # The candidate search of every window at once: top-n starts x top-n ends, valid where both are context
+    # tokens of this window, the start has its max context here, and 0 <= end - start < max_answer_length.
+    is_context = np.zeros((F, T), bool)
+    is_max = np.zeros((F, T), bool)
+    for f in range(F):
+        is_context[f, list(features.token_to_orig_map[f])] = True
+        is_max[f, [pos for pos, m in features.token_is_max_context[f].items() if m]] = True
+    n = min(n_best_size, T)
+    starts = np.argsort(-start_logits, axis=1, kind="stable")[:, :n]  # ties keep their order, as sorted() does
+    ends = np.argsort(-end_logits, axis=1, kind="stable")[:, :n]
+    rows = np.arange(F)[:, None]
+    start_ok = is_context[rows, starts] & is_max[rows, starts]
+    end_ok = is_context[rows, ends]
+    length = ends[:, None, :] - starts[:, :, None] + 1
+    valid = start_ok[:, :, None] & end_ok[:, None, :] & (length >= 1) & (length <= max_answer_length)
+    s_top = np.take_along_axis(start_logits, starts, 1).astype(np.float64)
+    e_top = np.take_along_axis(end_logits, ends, 1).astype(np.float64)
     predictions, all_nbest, null_odds = collections.OrderedDict(), collections.OrderedDict(), collections.OrderedDict()
     for ex_index, ex in enumerate(examples):
         prelim = []
         score_null, null_feature, null_start, null_end = 1e6, 0, 0.0, 0.0
         for f_index in by_example[ex_index]:
-            s_logits, e_logits = start_logits[f_index], end_logits[f_index]
-            n_tokens = len(features.tokens[f_index])
-            to_orig, max_ctx = features.token_to_orig_map[f_index], features.token_is_max_context[f_index]
             if version_2_with_negative:
-                null = float(s_logits[0] + e_logits[0])
+                null = float(start_logits[f_index, 0]) + float(end_logits[f_index, 0])
                 if null < score_null:
-                    score_null, null_feature, null_start, null_end = null, f_index, float(s_logits[0]), float(e_logits[0])
-            ends = _best_indexes(e_logits, n_best_size)
-            for s in _best_indexes(s_logits, n_best_size):
-                if s >= n_tokens or s not in to_orig or not max_ctx.get(s, False):
-                    continue
-                for e in ends:
-                    if e >= n_tokens or e not in to_orig or e < s or e - s + 1 > max_answer_length:
-                        continue
-                    prelim.append((float(s_logits[s]) + float(e_logits[e]), f_index, int(s), int(e),
-                                   float(s_logits[s]), float(e_logits[e])))
+                    score_null, null_feature = null, f_index
+                    null_start, null_end = float(start_logits[f_index, 0]), float(end_logits[f_index, 0])
+            for i, j in zip(*np.nonzero(valid[f_index])):  # start-major, as the original's nested loops
+                s_logit, e_logit = float(s_top[f_index, i]), float(e_top[f_index, j])
+                prelim.append((s_logit + e_logit, f_index, int(starts[f_index, i]), int(ends[f_index, j]),
+                               s_logit, e_logit))
         if version_2_with_negative:
             prelim.append((null_start + null_end, null_feature, 0, 0, null_start, null_end))
         prelim.sort(key=lambda p: p[0], reverse=True)

@@ -76,8 +76,9 @@ class SequenceClassifier(nn.Module):
     (classification) or ``cls_loss_sum`` of squared errors (``num_labels == 1``), plus ``logits``.
 
     ``layer_mix=True`` reads, instead of the pooled [CLS], a learned softmax-weighted sum of every layer's
-    [CLS] state times a learned scale (ELMo's scalar mix, the paper's feature-based approach), passed
-    through the pooler; ``freeze_encoder=True`` stops gradients into the encoder.
+    [CLS] state (embeddings and each layer) times a learned scale (ELMo's scalar mix, the paper's
+    feature-based approach), then dropout and the dense layer; ``freeze_encoder=True`` stops gradients
+    into the encoder.
     """
 
     cfg: ModelConfig

@@ -316,3 +316,10 @@ def run_params(task: FinetuneTask, output_dir: str, init_checkpoint: str | None,
         return jax.tree.map(lambda p, a: jax.device_put(np.asarray(p, a.dtype), a.sharding), loaded, abstract), 0
     raise ValueError(f"--output_dir {output_dir} holds no checkpoint; train first (--do_train) or pass "
                      "--init_checkpoint")
+
+
+def write_results(path: str, metrics: dict) -> None:
+    """``key = value`` lines sorted by key, as the original writes eval_results.txt."""
+    with open(path, "w", encoding="utf-8") as f:
+        for key in sorted(metrics):
+            f.write(f"{key} = {metrics[key]}\n")

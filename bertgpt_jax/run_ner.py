@@ -1,0 +1,157 @@
+"""Fine-tune BERT for token classification (NER) on CoNLL-format files: ``python -m bertgpt_jax.run_ner``.
+
+``--data_dir`` holds ``train.txt``, ``dev.txt`` and ``test.txt`` (one ``word ... tag`` per line, a blank line
+between sentences; BIO, IOB1 or IOBES tags). Each word's tag is predicted at its first WordPiece. Writes to
+``--output_dir``: ``eval_results.txt`` (sorted ``key = value``: ``eval_precision``, ``eval_recall``, ``eval_f1``
+(entity level, as seqeval computes them), ``eval_accuracy`` (per word), ``eval_loss``, ``global_step``,
+``loss``), ``eval_results.json``, ``eval_predictions.txt`` and ``test_predictions.txt`` (CoNLL format with the
+predicted tag as the last column) and, with ``--export_hf``, an HF ``BertForTokenClassification`` directory.
+
+    python -m bertgpt_jax.run_ner --data_dir=conll2003 --init_checkpoint=HF_BERT_DIR --do_train --do_eval \\
+        --do_predict --output_dir=/tmp/ner
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from absl import flags, logging
+
+from bertgpt_jax import cli
+from bertgpt_jax.cli import setting
+from bertgpt_jax.training.config import TrainConfig
+
+F = flags.FLAGS
+FILES = {"train": "train.txt", "dev": "dev.txt", "test": "test.txt"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaggingConfig:
+    """The data and phases of a token-classification run."""
+
+    data_dir: str | None = setting(None, "Directory with train.txt, dev.txt, test.txt in the CoNLL format.",
+                                   required=True)
+    vocab_file: str | None = setting(None, "The vocabulary the model was trained with (default: the one in an HF "
+                                     "--init_checkpoint directory).")
+    do_lower_case: bool = setting(True, "Lower-case the input (uncased models).")
+    max_seq_length: int = setting(128, "WordPiece tokens per sentence; longer sentences are cut (logged).")
+    do_train: bool = setting(False, "Fine-tune on train.txt.")
+    do_eval: bool = setting(False, "Evaluate on dev.txt (every sentence).")
+    do_predict: bool = setting(False, "Tag test.txt; writes test_predictions.txt.")
+    predict_batch_size: int = setting(8, "Global batch size of prediction.")
+    num_train_epochs: float = setting(3.0, "Epochs: num_train_steps = int(sentences / train_batch_size * epochs).")
+    warmup_proportion: float = setting(0.1, "Share of the steps spent warming the learning rate up linearly.")
+    export_hf: str | None = setting(None, "Also write the model here as an HF BertForTokenClassification directory.")
+
+
+cli.define_flags(TaggingConfig, TrainConfig)
+
+
+def run(train: TrainConfig, tc: TaggingConfig) -> dict:
+    import jax
+
+    from bertgpt_jax import convert, sharding
+    from bertgpt_jax.data import conll
+    from bertgpt_jax.evaluation import tagging
+    from bertgpt_jax.tasks import finetuning
+    from bertgpt_jax.tasks.tagging import TokenClassification
+    from bertgpt_jax.training import config, loop
+
+    if not (tc.do_train or tc.do_eval or tc.do_predict):
+        raise ValueError("at least one of --do_train, --do_eval or --do_predict must be given")
+    path = {k: os.path.join(tc.data_dir, v) for k, v in FILES.items()}
+    tokenizer = finetuning.tokenizer_for(tc.vocab_file, train.init_checkpoint, tc.do_lower_case)
+    model_cfg = finetuning.fit_model_vocab(config.model_config(train), train.model, tokenizer)
+    train_sentences = conll.read_conll(path["train"])  # the tag set is the training file's, in every phase
+    labels = conll.label_list(train_sentences)
+    feats = {}
+
+    def load(split):
+        sentences = train_sentences if split == "train" else conll.read_conll(path[split])
+        return sentences, conll.convert_sentences_to_features(sentences, labels, tc.max_seq_length, tokenizer,
+                                                              path[split])
+
+    if tc.do_train:
+        feats["train"] = load("train")
+    if tc.do_eval:
+        feats["dev"] = load("dev")
+    task = TokenClassification(model_cfg, len(labels), tc.max_seq_length,
+                               feats["train"][1] if tc.do_train else None)
+    mesh = sharding.make_mesh(train.mesh_shape)
+    if tc.do_train:
+        steps = finetuning.num_train_steps(len(train_sentences), train.train_batch_size, tc.num_train_epochs)
+        if steps <= 0:
+            raise ValueError(f"{len(train_sentences)} sentences / train_batch_size {train.train_batch_size} x "
+                             f"num_train_epochs {tc.num_train_epochs} gives no training step")
+        warmup = int(steps * tc.warmup_proportion)
+        _print(f"[run_ner] {len(train_sentences)} training sentences, tags {labels}; {steps} steps, {warmup} warmup")
+        loop.run(train.replace(do_train=True, do_eval=False, num_train_steps=steps, num_warmup_steps=warmup), task)
+    if not (tc.do_eval or tc.do_predict or tc.export_hf):
+        return {}
+    params, step = finetuning.run_params(task, train.output_dir, train.init_checkpoint, mesh)
+    metrics: dict = {}
+    main = jax.process_index() == 0
+    if main:
+        os.makedirs(train.output_dir, exist_ok=True)
+    if tc.do_eval:
+        import numpy as np
+
+        sentences, f = feats["dev"]
+        logits = task.predict(params, {k: v for k, v in f.items()}, train.eval_batch_size, mesh)
+        pred = conll.predicted_tags(sentences, f, logits, labels)
+        metrics = {f"eval_{k}": v for k, v in tagging.entity_scores([s.tags for s in sentences], pred).items()}
+        w = f["label_weights"]
+        z = logits - logits.max(-1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+        nll = -np.take_along_axis(logp, f["label_ids"][..., None], -1)[..., 0]
+        metrics["eval_loss"] = float((nll * w).sum() / max(w.sum(), 1.0))
+        metrics["loss"] = metrics["eval_loss"]
+        metrics["global_step"] = int(step)
+        if main:
+            finetuning.write_results(os.path.join(train.output_dir, "eval_results.txt"), metrics)
+            with open(os.path.join(train.output_dir, "eval_results.json"), "w", encoding="utf-8") as fh:
+                json.dump(metrics, fh, indent=2, sort_keys=True)
+            conll.write_conll(os.path.join(train.output_dir, "eval_predictions.txt"), sentences, pred)
+        _print("[run_ner] eval: " + ", ".join(f"{k} = {v:.4f}" for k, v in sorted(metrics.items())))
+    if tc.do_predict:
+        sentences = conll.read_conll(path["test"], with_tags=False)
+        f = conll.convert_sentences_to_features(sentences, labels, tc.max_seq_length, tokenizer, path["test"])
+        logits = task.predict(params, f, tc.predict_batch_size, mesh)
+        if main:
+            conll.write_conll(os.path.join(train.output_dir, "test_predictions.txt"), sentences,
+                              conll.predicted_tags(sentences, f, logits, labels))
+    if tc.export_hf and main:
+        convert.to_hf_finetuned(task.model_cfg, jax.device_get(params), tc.export_hf, "BertForTokenClassification",
+                                labels)
+    return metrics
+
+
+def _print(line: str) -> None:
+    import jax
+
+    if jax.process_index() == 0:
+        print(line, flush=True)
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise cli.UsageError(f"unexpected arguments {argv[1:]}; every setting is a --flag")
+    if not F["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    if F.model is None and F.bert_config_file is None and F.init_checkpoint and os.path.exists(
+            os.path.join(F.init_checkpoint, "config.json")):
+        F.model = os.path.join(F.init_checkpoint, "config.json")
+    train = cli.from_flags(TrainConfig)
+    tc = cli.from_flags(TaggingConfig)
+    from bertgpt_jax.training import config
+
+    config.init_distributed(train)
+    run(train, tc)
+
+
+if __name__ == "__main__":
+    from bertgpt_jax.training.loop import NonFiniteError
+
+    cli.run(main, user_errors=(ValueError, FileNotFoundError, NonFiniteError))
