@@ -186,7 +186,9 @@ def test_bf16_compute_keeps_fp32_params_and_logits():
     out = model.apply({"params": params}, ids)
     assert out.last_hidden_state.dtype == jnp.bfloat16 and out.logits.dtype == jnp.float32
     ref = models.from_config(cfg.replace(dtype="float32")).apply({"params": params}, ids).logits
-    assert np.abs(np.asarray(out.logits) - np.asarray(ref)).max() < 0.1
+    # Measured: max error 0.0015 on logits up to 0.30 (std 0.067); a 5% scale error would be 0.015.
+    err = np.abs(np.asarray(out.logits) - np.asarray(ref)).max()
+    assert err < 0.01 and err < 0.03 * np.abs(np.asarray(ref)).max(), err
 
 
 def test_params_are_named_for_weight_decay_masks():

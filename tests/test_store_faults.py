@@ -199,3 +199,50 @@ def test_cli_user_errors_exit_2_without_traceback_and_help_exits_0(module, bad_a
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and message in proc.stderr, proc.stderr[-2000:]
     help_proc = _cli(module, "--help")
     assert help_proc.returncode == 0 and "--" in help_proc.stdout + help_proc.stderr
+
+
+_WRITER = """
+import sys, time
+import numpy as np
+from bertgpt_jax import atomic_files
+from bertgpt_jax.data import token_store
+
+kind, path = sys.argv[1], sys.argv[2]
+
+def records():
+    for i in range(1000):
+        if i == 50:
+            print("writing", flush=True)
+            time.sleep(120)  # killed here, mid-write
+        yield token_store.encode_document(np.arange(i % 7 + 1), [i % 7 + 1], np.dtype("<u2"))
+
+if kind == "shard":
+    token_store.write_shard(path, records())
+else:
+    with atomic_files.atomic_open(path, "w", encoding="utf-8") as f:
+        for i, _ in enumerate(records()):
+            f.write(f"line {i}\\n")
+            f.flush()
+"""
+
+
+@pytest.mark.parametrize("kind", ["shard", "text"])
+def test_a_writer_killed_mid_write_never_leaves_a_file_that_looks_complete(tmp_path, kind):
+    path = str(tmp_path / ("train-00000-of-00001.array_record" if kind == "shard" else "manifest.json"))
+    if kind == "text":
+        open(path, "w").write("the complete old version\n")
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, kind, path], stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        partial = [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+        assert len(partial) == 1  # the data goes to a temporary name beside the target
+        if kind == "text":
+            assert os.path.getsize(tmp_path / partial[0]) > 0
+    finally:
+        proc.kill()  # SIGKILL: no cleanup runs
+        proc.wait()
+    if kind == "shard":
+        assert not os.path.exists(path)
+    else:
+        assert open(path).read() == "the complete old version\n"

@@ -210,13 +210,14 @@ def _poison(n, batch):
     return batch
 
 
-def test_non_finite_loss_stops_or_skips(tmp_path, monkeypatch):
+def test_non_finite_loss_stops_or_skips(tmp_path, monkeypatch, capsys):
     _hooked(monkeypatch, _poison)
     with pytest.raises(loop.NonFiniteError, match="step 4: non-finite loss .* --nonfinite=skip"):
         run_pretraining(**_cfg(str(tmp_path), "stop", num_train_steps=6, save_checkpoints_steps=100))
     result = run_pretraining(**_cfg(str(tmp_path), "skip", num_train_steps=6, save_checkpoints_steps=100,
                                     nonfinite="skip"))
     assert result["skipped_steps"] == 1 and result["final_step"] == 6
+    assert "--nonfinite=skip: 1 of the 6 steps of this run had a non-finite loss" in capsys.readouterr().out
     losses, records = _losses(os.path.join(str(tmp_path), "skip"))
     assert not np.isfinite(losses[4]) and all(np.isfinite(losses[s]) for s in (1, 2, 3, 5, 6))
     assert records[-1]["train/skipped_steps"] == 1

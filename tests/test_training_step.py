@@ -22,8 +22,10 @@ KERNELS = ["cpu", "xla"]
 
 
 def _train(model_type, mesh_shape, steps, *, kernels="cpu", devices=None, accum=1, lr=2e-3, optimizer="adamw",
-           dropout=0.0, poison_at=None, on_step=None):
+           dropout=0.0, poison_at=None, on_step=None, grad_norms=None, wrap_task=None):
     task = synthetic_task(tiny_config(model_type, dropout=dropout, kernels=kernels), SEQ, PRED)
+    if wrap_task is not None:
+        wrap_task(task)
     mesh = sharding.make_mesh(mesh_shape, devices=devices)
     sched = schedules.warmup_then_decay(lr, 100, 5)
     opt = optimizers.make_optimizer(optimizer, sched)
@@ -41,6 +43,8 @@ def _train(model_type, mesh_shape, steps, *, kernels="cpu", devices=None, accum=
             batch["masked_lm_weights"][0, 0] = np.nan
         state, m = fn(state, place(batch, mesh, BATCH))
         losses.append(float(m["loss"]))
+        if grad_norms is not None:
+            grad_norms.append(float(m["grad_norm"]))
         if on_step is not None:
             on_step(state)
     return np.array(losses), state, m
@@ -72,14 +76,85 @@ def test_params_are_born_sharded():
 
 
 @pytest.mark.parametrize("kernels", KERNELS)
-def test_mesh_shape_and_accumulation_do_not_change_the_losses(kernels):
-    # One device, whole batch vs a data x fsdp x tensor = 2x2x2 mesh with two accumulated microbatches.
-    one, s1, _ = _train("bert", (1, 1, 1), 3, devices=jax.devices()[:1], kernels=kernels)
-    eight, s8, _ = _train("bert", (2, 2, 2), 3, accum=2, kernels=kernels)
+def test_mesh_shape_does_not_change_losses_or_gradients_with_dropout_on(kernels):
+    # One device vs a data x fsdp x tensor = 2x2x2 mesh, dropout on (its masks do not depend on the mesh).
+    n1, n8 = [], []
+    one, s1, _ = _train("bert", (1, 1, 1), 3, devices=jax.devices()[:1], kernels=kernels, dropout=0.1,
+                        grad_norms=n1)
+    eight, s8, _ = _train("bert", (2, 2, 2), 3, kernels=kernels, dropout=0.1, grad_norms=n8)
     np.testing.assert_allclose(one, eight, rtol=2e-5)
+    np.testing.assert_allclose(n1, n8, rtol=2e-5)
     assert one[-1] < one[0]
     for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s8.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+
+
+def test_accumulation_gives_the_gradient_of_the_whole_batch():
+    # Two accumulated microbatches vs the whole batch at once (dropout off: microbatches draw their own
+    # masks). The gradient norm is compared, not only the loss: Adam would hide a scaled gradient.
+    whole_norms, acc_norms = [], []
+    one = jax.devices()[:1]
+    whole, s1, _ = _train("bert", (1, 1, 1), 3, devices=one, grad_norms=whole_norms)
+    acc, s2, _ = _train("bert", (1, 1, 1), 3, devices=one, accum=2, grad_norms=acc_norms)
+    np.testing.assert_allclose(whole, acc, rtol=2e-5)
+    np.testing.assert_allclose(whole_norms, acc_norms, rtol=2e-5)
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
+
+
+@jax.custom_vjp
+def _gradient_bomb(x, armed):
+    """The identity; its gradient is infinite when ``armed`` (the loss stays finite)."""
+    return x
+
+
+def _bomb_fwd(x, armed):
+    return x, armed
+
+
+def _bomb_bwd(armed, g):
+    return g * jnp.where(armed > 0, jnp.inf, 1.0).astype(g.dtype), jnp.zeros_like(armed)
+
+
+_gradient_bomb.defvjp(_bomb_fwd, _bomb_bwd)
+
+
+def test_a_finite_loss_with_a_non_finite_gradient_leaves_weights_untouched():
+    def arm(task):
+        real = task.loss_sums
+
+        def loss_sums(params, batch, **kw):
+            armed = (batch["masked_lm_weights"][0, 0] == 2.0).astype(jnp.float32)
+            params = {**params, "pooler": jax.tree.map(lambda p: _gradient_bomb(p, armed), params["pooler"])}
+            return real(params, batch, **kw)
+
+        task.loss_sums = loss_sums
+
+    seen = []
+    original_train_batches = None
+
+    def poison_weights(task):
+        nonlocal original_train_batches
+        arm(task)
+        original_train_batches = task.train_batches
+
+        def train_batches(*a, **k):
+            it = original_train_batches(*a, **k)
+            for n in range(10**9):
+                batch = next(it)
+                if n == 2:  # a weight of 2 keeps the loss finite and arms the infinite gradient
+                    batch["masked_lm_weights"] = batch["masked_lm_weights"].copy()
+                    batch["masked_lm_weights"][0, 0] = 2.0
+                yield batch
+
+        task.train_batches = train_batches
+
+    losses, after, m = _train("bert", (8, 1, 1), 3, wrap_task=poison_weights, on_step=lambda st: seen.append(
+        jax.tree.map(np.asarray, (st.params, st.opt_state))))
+    assert np.isfinite(losses).all() and not np.isfinite(float(m["grad_norm"]))
+    assert not bool(m["finite"]) and int(after.step) == 3
+    for a, b in zip(jax.tree.leaves(seen[1]), jax.tree.leaves((after.params, after.opt_state))):
+        np.testing.assert_array_equal(a, np.asarray(b))
 
 
 @pytest.mark.parametrize("kernels", KERNELS)

@@ -73,6 +73,8 @@ def load(store: token_store.TokenStore, split: str, cache_dir: str | None = None
     if not os.path.exists(prefix + ".json"):
         _build(store, split, prefix)
     flat = _open(prefix, store.tokenizer_info)
+    # Once per process that loads the split (not in workers that unpickle it): one pass over the ids.
+    _check_ids(flat.tokens, int(store.tokenizer_info["vocab_size"]), f"{prefix}.tokens")
     if len(flat.tokens) == 0:
         raise ValueError(f"split {split!r} of token store {store.dir} holds no tokens")
     return flat
@@ -94,7 +96,6 @@ def _open(prefix: str, tokenizer_info: dict) -> FlatSplit:
                              f"{count * dtype.itemsize}; delete {os.path.dirname(prefix)} and it is rebuilt")
         # np.memmap refuses empty files; an empty split is reported by load().
         arrays[name] = np.memmap(path, dtype=dtype, mode="r", shape=(count,)) if count else np.zeros((0,), dtype)
-    _check_ids(arrays["tokens"], int(tokenizer_info["vocab_size"]), f"{prefix}.tokens")
     return FlatSplit(prefix=prefix, tokenizer_info=tokenizer_info, **arrays)
 
 

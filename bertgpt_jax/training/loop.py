@@ -229,13 +229,14 @@ def _run(cfg, task, mesh, schedule, optimizer, abstract, shardings, train_it, ck
         state = result.pop("state")
     if cfg.do_eval and result["stopped_by"] == "end":
         step = int(jax.device_get(state.step))
-        earlier = writer.recorded(step, "eval/")
-        if result.get("last_eval_step") != step and earlier:  # a finished run, re-run: its figures stand
-            result.update(earlier)
+        earlier = writer.recorded(step, "eval/")  # process 0 reads the file: others evaluate as before
+        if result.get("last_eval_step") != step and earlier and jax.process_count() == 1:
+            result.update(earlier)  # a finished run, re-run: its figures stand
             _print(f"[{type(task).__name__}] step {step} was evaluated before (recorded in {writer.path})")
         elif result.get("last_eval_step") != step:
             ev = evaluate(eval_step, state.params, cfg, task, mesh)
-            writer.write(step, ev)
+            if not earlier:  # one record per step
+                writer.write(step, ev)
             ckpt.save_best(step, state.params, ev)
             result.update(ev)
         ev = {k: v for k, v in result.items() if k.startswith("eval/")}
