@@ -217,6 +217,7 @@ def test_logits_match_transformers_and_load_back(exported):
 
 
 def test_init_from_a_pretraining_run_keeps_the_encoder(tmp_path):
+    import flax.linen as nn
     import jax
     import jax.numpy as jnp
     import optax
@@ -227,9 +228,10 @@ def test_init_from_a_pretraining_run_keeps_the_encoder(tmp_path):
     from bertgpt_jax.training import state as state_lib
 
     cfg = configs.get("bert-tiny").replace(vocab_size=128, num_hidden_layers=1, kernels="xla")
-    pre = models.Bert(cfg).init(jax.random.PRNGKey(3), jnp.zeros((1, 8), jnp.int32),
-                                masked_lm_positions=jnp.zeros((1, 2), jnp.int32))["params"]
-    pre = jax.tree.map(np.asarray, jax.tree.map(lambda x: x, __import__("flax").linen.unbox(pre)))
+    pre = jax.jit(lambda k: models.Bert(cfg).init(k, jnp.zeros((1, 8), jnp.int32),
+                                                  masked_lm_positions=jnp.zeros((1, 2), jnp.int32))["params"])(
+        jax.random.PRNGKey(3))
+    pre = jax.tree.map(np.asarray, nn.unbox(pre))
     state = state_lib.TrainState(step=jnp.asarray(7), params=pre, opt_state={}, rng=jnp.zeros((2,), jnp.uint32))
     ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(str(tmp_path)), async_save=False)
     ckpt.save(state, force=True)
