@@ -8,7 +8,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("cli", "configs", "convert", "data", "inference", "models", "sharding", "tasks", "tokenization",
+_SUBMODULES = ("cli", "configs", "convert", "data", "evaluation", "inference", "models", "sharding", "tasks", "tokenization",
                "training")
 
 

@@ -217,6 +217,7 @@ def test_logits_match_transformers_and_load_back(exported):
 
 
 def test_init_from_a_pretraining_run_keeps_the_encoder(tmp_path):
+    import flax.linen as nn
     import jax
     import jax.numpy as jnp
     import optax
@@ -227,9 +228,10 @@ def test_init_from_a_pretraining_run_keeps_the_encoder(tmp_path):
     from bertgpt_jax.training import state as state_lib
 
     cfg = configs.get("bert-tiny").replace(vocab_size=128, num_hidden_layers=1, kernels="xla")
-    pre = models.Bert(cfg).init(jax.random.PRNGKey(3), jnp.zeros((1, 8), jnp.int32),
-                                masked_lm_positions=jnp.zeros((1, 2), jnp.int32))["params"]
-    pre = jax.tree.map(np.asarray, jax.tree.map(lambda x: x, __import__("flax").linen.unbox(pre)))
+    pre = jax.jit(lambda k: models.Bert(cfg).init(k, jnp.zeros((1, 8), jnp.int32),
+                                                  masked_lm_positions=jnp.zeros((1, 2), jnp.int32))["params"])(
+        jax.random.PRNGKey(3))
+    pre = jax.tree.map(np.asarray, nn.unbox(pre))
     state = state_lib.TrainState(step=jnp.asarray(7), params=pre, opt_state={}, rng=jnp.zeros((2,), jnp.uint32))
     ckpt = checkpointing.Checkpointer(checkpointing.checkpoint_dir(str(tmp_path)), async_save=False)
     ckpt.save(state, force=True)
@@ -382,3 +384,34 @@ def test_training_stream_resumes_exactly_and_eval_covers_every_example():
     real = np.concatenate([b["x"][b["is_real_example"] == 1] for b in batches])
     assert real.tolist() == list(range(10))
     assert num_train_steps(3668, 32, 3.0) == 343  # MRPC's train set, as the original counts
+
+
+def test_sts_b_regression_eval_and_predict(minilm_dir, tmp_path):
+    """STS-B from its GLUE TSVs: one output, squared error; eval metrics agree with test_results.tsv's scores."""
+    from scipy import stats
+
+    from bertgpt_jax import run_classifier
+    from bertgpt_jax.training import TrainConfig
+
+    init = _truncated_minilm(minilm_dir, str(tmp_path / "minilm1"), layers=1)
+    d = tmp_path / "stsb"
+    d.mkdir()
+    pairs = [("A man is playing a guitar.", "A man plays the guitar.", 4.8),
+             ("A cat sleeps.", "The stock market fell.", 0.2), ("Kids are running.", "Children run outside.", 3.9),
+             ("A woman slices onions.", "Someone is cutting an onion.", 4.1), ("It rains.", "The sun shines.", 1.0)]
+    head = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2"
+    rows = [f"{i}\tmain\tf\t2012\t{i}\tnone\tnone\t{a}\t{b}" for i, (a, b, _) in enumerate(pairs)]
+    _write(str(d / "dev.tsv"), [head + "\tscore"] + [f"{r}\t{s}" for r, (_, _, s) in zip(rows, pairs)])
+    _write(str(d / "test.tsv"), [head] + rows)
+    out = str(tmp_path / "out")
+    metrics = run_classifier.run(
+        TrainConfig(output_dir=out, model=os.path.join(init, "config.json"), init_checkpoint=init, eval_batch_size=8,
+                    kernels="xla"),
+        run_classifier.ClassifierConfig(task_name="STS-B", data_dir=str(d), do_eval=True, do_predict=True,
+                                        max_seq_length=24, predict_batch_size=8))
+    scores = np.loadtxt(os.path.join(out, "test_results.tsv")).reshape(-1)
+    labels = np.array([s for _, _, s in pairs])
+    assert scores.shape == (5,) and metrics["global_step"] == 0 and "eval_accuracy" not in metrics
+    assert metrics["eval_loss"] == pytest.approx(np.mean((scores - labels) ** 2), rel=1e-5)
+    assert metrics["eval_pearson"] == pytest.approx(stats.pearsonr(scores, labels)[0], abs=1e-5)
+    assert metrics["eval_spearman"] == pytest.approx(stats.spearmanr(scores, labels)[0], abs=1e-5)

@@ -68,18 +68,20 @@ def test_layer_mix_head_and_frozen_encoder():
     ids = rng.integers(5, 256, (3, 10)).astype(np.int32)
     mask = np.ones_like(ids)
     model = SequenceClassifier(cfg, 4, layer_mix=True, freeze_encoder=True)
-    params = strip_pretraining_heads(nn.unbox(model.init(jax.random.PRNGKey(0), ids, attention_mask=mask)["params"]))
+    init = jax.jit(lambda k: model.init(k, ids, attention_mask=mask)["params"])
+    params = strip_pretraining_heads(nn.unbox(init(jax.random.PRNGKey(0))))
     params["mix_weights"] = jnp.asarray([0.3, -1.0, 2.0])  # embeddings + 2 layers
     params["mix_scale"] = jnp.asarray(1.7)
-    logits = model.apply({"params": params}, ids, attention_mask=mask)
+    logits = jax.jit(lambda p: model.apply({"params": p}, ids, attention_mask=mask))(params)
     # Reference: the encoder's hidden states, mixed by hand.
-    hidden = Bert(cfg).apply({"params": params["bert"]}, ids, attention_mask=mask, output_hidden_states=True)
+    hidden = jax.jit(lambda p: Bert(cfg).apply({"params": p}, ids, attention_mask=mask,
+                                               output_hidden_states=True).hidden_states)(params["bert"])
     w = np.exp([0.3, -1.0, 2.0]) / np.exp([0.3, -1.0, 2.0]).sum()
-    mixed = 1.7 * sum(w[i] * np.asarray(h[:, 0]) for i, h in enumerate(hidden.hidden_states))
+    mixed = 1.7 * sum(w[i] * np.asarray(h[:, 0]) for i, h in enumerate(hidden))
     ref = mixed @ np.asarray(params["classifier"]["kernel"]) + np.asarray(params["classifier"]["bias"])
     np.testing.assert_allclose(np.asarray(logits), ref, atol=1e-5)
     labels = jnp.asarray([0, 1, 2])
-    grads = jax.grad(lambda p: model.apply({"params": p}, ids, attention_mask=mask, labels=labels)["cls_loss_sum"])(
-        params)
+    grads = jax.jit(jax.grad(lambda p: model.apply({"params": p}, ids, attention_mask=mask,
+                                                   labels=labels)["cls_loss_sum"]))(params)
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads["bert"]))  # frozen encoder
     assert float(jnp.abs(grads["mix_weights"]).max()) > 0 and float(jnp.abs(grads["classifier"]["kernel"]).max()) > 0
