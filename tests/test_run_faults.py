@@ -142,6 +142,8 @@ def test_damaged_checkpoint_stops_the_run_by_flag_and_every_damage_is_named(fini
     _flip_byte(damaged_file)
     with pytest.raises(checkpointing.CheckpointDamagedError, match=f"{damaged_file} does not match .*fallback"):
         run_pretraining(**{**run, "on_damaged_checkpoint": "stop"})
+    with pytest.raises(checkpointing.CheckpointDamagedError, match="init_checkpoint .*/6 is damaged"):
+        checkpointing.restore_params(run["output_dir"], None)  # --init_checkpoint verifies too
     with open(damaged_file, "r+b") as f:
         f.truncate(os.path.getsize(damaged_file) - 10)
     assert "bytes were written" in checkpointing.verify_checksums(step_dir)

@@ -288,6 +288,7 @@ def restore_params(path: str, abstract_params: Any) -> Any:
     candidates = [path, os.path.join(path, "checkpoints")]
     for root in candidates:
         if os.path.isdir(os.path.join(root, PARAMS)):  # a single step's folder
+            _refuse_damaged(root)
             handler = ocp.StandardCheckpointer()
             return handler.restore(os.path.join(root, PARAMS), abstract_params)
         if not os.path.isdir(root):
@@ -297,6 +298,7 @@ def restore_params(path: str, abstract_params: Any) -> Any:
                                         options=ocp.CheckpointManagerOptions(read_only=True))
         step = manager.latest_step()
         if step is not None:
+            _refuse_damaged(os.path.join(root, str(step)))
             restored = manager.restore(step, args=ocp.args.Composite(
                 **{PARAMS: ocp.args.StandardRestore(abstract_params)}))
             manager.close()
@@ -305,3 +307,9 @@ def restore_params(path: str, abstract_params: Any) -> Any:
     raise FileNotFoundError(
         f"init_checkpoint {path} holds no complete checkpoint: expected a run's output_dir, its "
         f"'checkpoints' folder, or a step folder with a '{PARAMS}' item (or an HF dir with config.json)")
+
+
+def _refuse_damaged(step_dir: str) -> None:
+    problem = verify_checksums(step_dir)
+    if problem is not None:
+        raise CheckpointDamagedError(f"init_checkpoint {step_dir} is damaged: {problem}")
