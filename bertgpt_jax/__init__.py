@@ -8,8 +8,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("cli", "configs", "convert", "data", "evaluation", "inference", "models", "sharding", "tasks", "tokenization",
-               "training")
+_SUBMODULES = ("cli", "configs", "convert", "data", "evaluation", "inference", "models", "sharding", "tasks",
+               "tokenization", "training")
 
 
 def lazy_exports(package: str, exports: dict[str, str]):
