@@ -7,7 +7,7 @@ BERT takes ``--text_b`` for a sentence pair; GPT-2's maps are zero above the dia
 
 from __future__ import annotations
 
-from absl import flags
+from absl import flags, logging
 
 from bertgpt_jax import cli
 from bertgpt_jax.inference.attention import AttentionConfig
@@ -18,6 +18,8 @@ cli.define_flags(ModelSource, AttentionConfig)
 
 
 def main(argv) -> None:
+    if not F["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments {argv[1:]}; pass the text with --text")
     from bertgpt_jax.inference import attention

@@ -8,7 +8,7 @@ directory (e.g. a sentence-transformers BERT).
 
 from __future__ import annotations
 
-from absl import flags
+from absl import flags, logging
 
 from bertgpt_jax import cli
 from bertgpt_jax.inference.features import FeaturesConfig
@@ -19,6 +19,8 @@ cli.define_flags(ModelSource, FeaturesConfig)
 
 
 def main(argv) -> None:
+    if not F["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments {argv[1:]}; every setting is a --flag")
     from bertgpt_jax.inference import features

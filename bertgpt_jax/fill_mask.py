@@ -7,7 +7,7 @@ BertForPreTraining directory (a BertModel has no masked-LM head: an error).
 
 from __future__ import annotations
 
-from absl import flags
+from absl import flags, logging
 
 from bertgpt_jax import cli
 from bertgpt_jax.inference.fill_mask import FillMaskConfig
@@ -18,6 +18,8 @@ cli.define_flags(ModelSource, FillMaskConfig)
 
 
 def main(argv) -> None:
+    if not F["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
     from bertgpt_jax.inference import fill_mask
 
     records = fill_mask.run(cli.from_flags(ModelSource), cli.from_flags(FillMaskConfig), argv[1:])
@@ -29,7 +31,7 @@ def main(argv) -> None:
                 cands = word["per_mask"][0]
             else:
                 cands = word["words"]
-            print(f"  [MASK] at {where}: " + " | ".join(f"{c['text']} {c['probability']:.3f}" for c in cands),
+            print(f"  [MASK] at {where}: " + " | ".join(f"{c['text']} {c['probability']:.3g}" for c in cands),
                   flush=True)
 
 

@@ -8,7 +8,7 @@ sample and, with ``--output_file``, writes JSONL (prompt, sample, token_ids, tex
 
 from __future__ import annotations
 
-from absl import flags
+from absl import flags, logging
 
 from bertgpt_jax import cli
 from bertgpt_jax.inference.generation import GenerateConfig
@@ -19,6 +19,8 @@ cli.define_flags(ModelSource, GenerateConfig)
 
 
 def main(argv) -> None:
+    if not F["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments {argv[1:]}; pass the text with --prompt or --prompt_file")
     from bertgpt_jax.inference import generation

@@ -7,7 +7,7 @@ masked-LM pseudo-perplexity of each line (every token masked in turn). The outpu
 
 from __future__ import annotations
 
-from absl import flags
+from absl import flags, logging
 
 from bertgpt_jax import cli
 from bertgpt_jax.inference.loading import ModelSource
@@ -18,6 +18,8 @@ cli.define_flags(ModelSource, PerplexityConfig)
 
 
 def main(argv) -> None:
+    if not F["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
     if len(argv) > 1:
         raise cli.UsageError(f"unexpected arguments {argv[1:]}; the text comes from --input_file")
     from bertgpt_jax.inference import perplexity
