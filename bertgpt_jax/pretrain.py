@@ -88,10 +88,12 @@ def run(train: TrainConfig, data: PretrainingData) -> dict:
     build_store(data)
     model_cfg = tasks.fit_vocab(config.model_config(train), train.model, data)
     task = tasks.task_for(model_cfg, data)
-    if train.output_dir:
+
+    def on_start() -> None:  # settings checked, output_dir locked
         record_recipe(train.output_dir, data.recipe(model_cfg.is_bert))
         describe_run(train, data, model_cfg)
-    result = loop.run(train, task)
+
+    result = loop.run(train, task, on_start=on_start if train.output_dir else None)
     if data.fill_mask_examples > 0 and model_cfg.is_bert and not data.synthetic and result["stopped_by"] == "end":
         import jax
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -144,10 +144,12 @@ def evaluate(eval_step, params, cfg: TrainConfig, task: Task, mesh: jax.sharding
     return {**{f"eval/{k}": v for k, v in task.summarize(total).items()}, "eval/examples": examples}
 
 
-def run(cfg: TrainConfig, task: Task) -> dict:
+def run(cfg: TrainConfig, task: Task, on_start: Callable[[], None] | None = None) -> dict:
     """Trains and/or evaluates ``task`` as ``cfg`` says. Returns the last train and eval figures (and
     ``stopped_by``). SIGTERM at any point from here on ends the run cleanly (saving if anything was trained);
-    ``output_dir`` is locked against a second run for the whole time."""
+    ``output_dir`` is locked against a second run for the whole time. ``on_start`` runs once the settings are
+    checked and the lock is held, before anything is restored or trained: the caller's own records of the run
+    go there, so a run refused at start-up writes nothing."""
     with _Preemption() as preempt:
         mesh = sharding.make_mesh(cfg.mesh_shape)
         validate(cfg, task, mesh)
@@ -156,6 +158,8 @@ def run(cfg: TrainConfig, task: Task) -> dict:
         lock = run_lock.RunLock(cfg.output_dir).acquire() if jax.process_index() == 0 else None
         try:
             check_eval_data(cfg, task)
+            if on_start is not None:
+                on_start()
             train_it = task.train_batches(cfg.train_batch_size, cfg.seed)
             ckpt = checkpointing.Checkpointer(
                 checkpointing.checkpoint_dir(cfg.output_dir), max_to_keep=cfg.keep_checkpoint_max,
