@@ -20,7 +20,7 @@ import dataclasses
 import json
 import os
 
-from absl import flags, logging
+from absl import flags
 
 from bertgpt_jax import cli
 from bertgpt_jax.cli import setting
@@ -141,7 +141,7 @@ def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
             raise ValueError(f"{len(train_examples)} training examples / train_batch_size {train.train_batch_size} "
                              f"x num_train_epochs {clf.num_train_epochs} gives no training step")
         warmup = int(steps * clf.warmup_proportion)
-        _print(f"[run_classifier] {clf.task_name}: {len(train_examples)} training examples, {num_labels} "
+        finetuning.say(f"[run_classifier] {clf.task_name}: {len(train_examples)} training examples, {num_labels} "
                f"{'output (regression)' if regression else 'labels'}; {steps} steps of {train.train_batch_size} "
                f"({clf.num_train_epochs} epochs), {warmup} warmup")
         result = loop.run(train.replace(do_train=True, do_eval=False, num_train_steps=steps,
@@ -170,7 +170,7 @@ def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
             finetuning.write_results(os.path.join(train.output_dir, "eval_results.txt"), metrics)
             with open(os.path.join(train.output_dir, "eval_results.json"), "w", encoding="utf-8") as f:
                 json.dump(metrics, f, indent=2, sort_keys=True)
-        _print("[run_classifier] eval: " + ", ".join(f"{k} = {v:.4f}" if isinstance(v, float) else f"{k} = {v}"
+        finetuning.say("[run_classifier] eval: " + ", ".join(f"{k} = {v:.4f}" if isinstance(v, float) else f"{k} = {v}"
                                                    for k, v in sorted(metrics.items())))
     if clf.do_predict:
         test_examples, test_features = features(glue.TEST)
@@ -180,7 +180,7 @@ def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
             with open(os.path.join(train.output_dir, "test_results.tsv"), "w", encoding="utf-8") as f:
                 for row in rows:
                     f.write("\t".join(str(float(x)) for x in row) + "\n")
-        _print(f"[run_classifier] wrote {len(test_examples)} predictions to "
+        finetuning.say(f"[run_classifier] wrote {len(test_examples)} predictions to "
                f"{os.path.join(train.output_dir, 'test_results.tsv')}")
     if clf.export_hf and jax.process_index() == 0:
         if clf.layer_mix:
@@ -189,32 +189,15 @@ def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
                                 "BertForSequenceClassification", None if regression else label_list)
         if os.path.isdir(getattr(tokenizer, "path", "") or ""):
             convert.copy_tokenizer_files(tokenizer.path, clf.export_hf)
-        _print(f"[run_classifier] exported BertForSequenceClassification to {clf.export_hf}")
+        finetuning.say(f"[run_classifier] exported BertForSequenceClassification to {clf.export_hf}")
     metrics["train_result"] = {k: v for k, v in result.items() if isinstance(v, (int, float, str))}
     return metrics
 
 
-def _print(line: str) -> None:
-    import jax
-
-    if jax.process_index() == 0:
-        print(line, flush=True)
-
-
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise cli.UsageError(f"unexpected arguments {argv[1:]}; every setting is a --flag")
-    if not F["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    if F.model is None and F.bert_config_file is None and F.init_checkpoint and os.path.exists(
-            os.path.join(F.init_checkpoint, "config.json")):
-        F.model = os.path.join(F.init_checkpoint, "config.json")  # an HF directory describes its model
-    train = cli.from_flags(TrainConfig)
-    clf = cli.from_flags(ClassifierConfig)
-    from bertgpt_jax.training import config
+    from bertgpt_jax.tasks import finetuning
 
-    config.init_distributed(train)
-    run(train, clf)
+    finetuning.cli_main(argv, ClassifierConfig, run)
 
 
 if __name__ == "__main__":

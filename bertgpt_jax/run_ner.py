@@ -17,7 +17,7 @@ import dataclasses
 import json
 import os
 
-from absl import flags, logging
+from absl import flags
 
 from bertgpt_jax import cli
 from bertgpt_jax.cli import setting
@@ -86,7 +86,7 @@ def run(train: TrainConfig, tc: TaggingConfig) -> dict:
             raise ValueError(f"{len(train_sentences)} sentences / train_batch_size {train.train_batch_size} x "
                              f"num_train_epochs {tc.num_train_epochs} gives no training step")
         warmup = int(steps * tc.warmup_proportion)
-        _print(f"[run_ner] {len(train_sentences)} training sentences, tags {labels}; {steps} steps, {warmup} warmup")
+        finetuning.say(f"[run_ner] {len(train_sentences)} training sentences, tags {labels}; {steps} steps, {warmup} warmup")
         loop.run(train.replace(do_train=True, do_eval=False, num_train_steps=steps, num_warmup_steps=warmup), task)
     if not (tc.do_eval or tc.do_predict or tc.export_hf):
         return {}
@@ -114,7 +114,7 @@ def run(train: TrainConfig, tc: TaggingConfig) -> dict:
             with open(os.path.join(train.output_dir, "eval_results.json"), "w", encoding="utf-8") as fh:
                 json.dump(metrics, fh, indent=2, sort_keys=True)
             conll.write_conll(os.path.join(train.output_dir, "eval_predictions.txt"), sentences, pred)
-        _print("[run_ner] eval: " + ", ".join(f"{k} = {v:.4f}" for k, v in sorted(metrics.items())))
+        finetuning.say("[run_ner] eval: " + ", ".join(f"{k} = {v:.4f}" for k, v in sorted(metrics.items())))
     if tc.do_predict:
         sentences = conll.read_conll(path["test"], with_tags=False)
         f = conll.convert_sentences_to_features(sentences, labels, tc.max_seq_length, tokenizer, path["test"])
@@ -128,27 +128,10 @@ def run(train: TrainConfig, tc: TaggingConfig) -> dict:
     return metrics
 
 
-def _print(line: str) -> None:
-    import jax
-
-    if jax.process_index() == 0:
-        print(line, flush=True)
-
-
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise cli.UsageError(f"unexpected arguments {argv[1:]}; every setting is a --flag")
-    if not F["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    if F.model is None and F.bert_config_file is None and F.init_checkpoint and os.path.exists(
-            os.path.join(F.init_checkpoint, "config.json")):
-        F.model = os.path.join(F.init_checkpoint, "config.json")
-    train = cli.from_flags(TrainConfig)
-    tc = cli.from_flags(TaggingConfig)
-    from bertgpt_jax.training import config
+    from bertgpt_jax.tasks import finetuning
 
-    config.init_distributed(train)
-    run(train, tc)
+    finetuning.cli_main(argv, TaggingConfig, run)
 
 
 if __name__ == "__main__":

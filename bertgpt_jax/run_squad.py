@@ -17,7 +17,7 @@ import dataclasses
 import json
 import os
 
-from absl import flags, logging
+from absl import flags
 
 from bertgpt_jax import cli
 from bertgpt_jax.cli import setting
@@ -95,7 +95,7 @@ def run(train: TrainConfig, sq: SquadConfig) -> dict:
             raise ValueError(f"{len(train_examples)} training questions / train_batch_size {train.train_batch_size} "
                              f"x num_train_epochs {sq.num_train_epochs} gives no training step")
         warmup = int(steps * sq.warmup_proportion)
-        _print(f"[run_squad] {len(train_examples)} training questions, {len(train_features.example_index)} windows; "
+        finetuning.say(f"[run_squad] {len(train_examples)} training questions, {len(train_features.example_index)} windows; "
                f"{steps} steps of {train.train_batch_size}, {warmup} warmup")
         loop.run(train.replace(do_train=True, do_eval=False, num_train_steps=steps, num_warmup_steps=warmup), task)
     if not (sq.do_predict or sq.export_hf):
@@ -128,36 +128,19 @@ def run(train: TrainConfig, sq: SquadConfig) -> dict:
                 results["global_step"] = int(step)
                 with open(os.path.join(train.output_dir, "eval_results.json"), "w", encoding="utf-8") as f:
                     json.dump(results, f, indent=2, sort_keys=True)
-        _print(f"[run_squad] {len(preds)} predictions in {train.output_dir}/predictions.json"
+        finetuning.say(f"[run_squad] {len(preds)} predictions in {train.output_dir}/predictions.json"
                + (": " + ", ".join(f"{k} {v:.2f}" for k, v in results.items() if isinstance(v, float)) if results
                   else ""))
     if sq.export_hf and jax.process_index() == 0:
         convert.to_hf_finetuned(task.model_cfg, jax.device_get(params), sq.export_hf, "BertForQuestionAnswering")
-        _print(f"[run_squad] exported BertForQuestionAnswering to {sq.export_hf}")
+        finetuning.say(f"[run_squad] exported BertForQuestionAnswering to {sq.export_hf}")
     return results
 
 
-def _print(line: str) -> None:
-    import jax
-
-    if jax.process_index() == 0:
-        print(line, flush=True)
-
-
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise cli.UsageError(f"unexpected arguments {argv[1:]}; every setting is a --flag")
-    if not F["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    if F.model is None and F.bert_config_file is None and F.init_checkpoint and os.path.exists(
-            os.path.join(F.init_checkpoint, "config.json")):
-        F.model = os.path.join(F.init_checkpoint, "config.json")  # an HF directory describes its model
-    train = cli.from_flags(TrainConfig)
-    sq = cli.from_flags(SquadConfig)
-    from bertgpt_jax.training import config
+    from bertgpt_jax.tasks import finetuning
 
-    config.init_distributed(train)
-    run(train, sq)
+    finetuning.cli_main(argv, SquadConfig, run)
 
 
 if __name__ == "__main__":

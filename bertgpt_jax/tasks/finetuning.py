@@ -323,3 +323,32 @@ def write_results(path: str, metrics: dict) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for key in sorted(metrics):
             f.write(f"{key} = {metrics[key]}\n")
+
+
+def say(line: str) -> None:
+    """Prints on process 0 only: the fine-tuning CLIs' progress lines."""
+    if jax.process_index() == 0:
+        print(line, flush=True)
+
+
+def cli_main(argv: list[str], task_config: type, run: Any) -> None:
+    """The ``main`` of a fine-tuning CLI: ``run(TrainConfig, task_config)`` from the parsed flags. An HF
+    directory given as ``--init_checkpoint`` describes the model when neither ``--model`` nor
+    ``--bert_config_file`` does."""
+    from absl import flags
+
+    from bertgpt_jax import cli
+    from bertgpt_jax.training import TrainConfig, config
+
+    F = flags.FLAGS
+    if len(argv) > 1:
+        raise cli.UsageError(f"unexpected arguments {argv[1:]}; every setting is a --flag")
+    if not F["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    if F.model is None and F.bert_config_file is None and F.init_checkpoint and os.path.exists(
+            os.path.join(F.init_checkpoint, "config.json")):
+        F.model = os.path.join(F.init_checkpoint, "config.json")
+    train = cli.from_flags(TrainConfig)
+    settings = cli.from_flags(task_config)
+    config.init_distributed(train)
+    run(train, settings)
