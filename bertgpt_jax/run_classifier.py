@@ -96,7 +96,7 @@ def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
     from bertgpt_jax.tasks import finetuning
     from bertgpt_jax.tasks.classification import SequenceClassification, probabilities
     from bertgpt_jax.tasks.finetuning import num_train_steps
-    from bertgpt_jax.training import config, loop
+    from bertgpt_jax.training import loop
 
     if not (clf.do_train or clf.do_eval or clf.do_predict):
         raise ValueError("at least one of --do_train, --do_eval or --do_predict must be given")
@@ -116,11 +116,8 @@ def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
         raise ValueError(f"task {clf.task_name} has {num_labels} label(s) {label_list}; classification needs two "
                          "or more (or --regression)")
 
-    tokenizer = finetuning.tokenizer_for(clf.vocab_file, train.init_checkpoint, clf.do_lower_case)
-    model_cfg = finetuning.fit_model_vocab(config.model_config(train), train.model, tokenizer)
-    if clf.max_seq_length > model_cfg.max_position_embeddings:
-        raise ValueError(f"max_seq_length {clf.max_seq_length} exceeds the model's max_position_embeddings "
-                         f"{model_cfg.max_position_embeddings}")
+    tokenizer, model_cfg = finetuning.tokenizer_and_model(train, clf.vocab_file, clf.do_lower_case,
+                                                          clf.max_seq_length)
 
     def features(split):
         examples = processor.get_examples(clf.data_dir, split)

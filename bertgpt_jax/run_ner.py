@@ -57,13 +57,12 @@ def run(train: TrainConfig, tc: TaggingConfig) -> dict:
     from bertgpt_jax.evaluation import tagging
     from bertgpt_jax.tasks import finetuning
     from bertgpt_jax.tasks.tagging import TokenClassification
-    from bertgpt_jax.training import config, loop
+    from bertgpt_jax.training import loop
 
     if not (tc.do_train or tc.do_eval or tc.do_predict):
         raise ValueError("at least one of --do_train, --do_eval or --do_predict must be given")
     path = {k: os.path.join(tc.data_dir, v) for k, v in FILES.items()}
-    tokenizer = finetuning.tokenizer_for(tc.vocab_file, train.init_checkpoint, tc.do_lower_case)
-    model_cfg = finetuning.fit_model_vocab(config.model_config(train), train.model, tokenizer)
+    tokenizer, model_cfg = finetuning.tokenizer_and_model(train, tc.vocab_file, tc.do_lower_case, tc.max_seq_length)
     train_sentences = conll.read_conll(path["train"])  # the tag set is the training file's, in every phase
     labels = conll.label_list(train_sentences)
     feats = {}

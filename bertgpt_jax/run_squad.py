@@ -64,7 +64,7 @@ def run(train: TrainConfig, sq: SquadConfig) -> dict:
     from bertgpt_jax.evaluation import squad as squad_eval
     from bertgpt_jax.tasks import finetuning
     from bertgpt_jax.tasks.spans import SpanExtraction
-    from bertgpt_jax.training import config, loop
+    from bertgpt_jax.training import loop
 
     if not (sq.do_train or sq.do_predict):
         raise ValueError("at least one of --do_train or --do_predict must be given")
@@ -75,11 +75,8 @@ def run(train: TrainConfig, sq: SquadConfig) -> dict:
     if sq.max_seq_length <= sq.max_query_length + 3:
         raise ValueError(f"max_seq_length {sq.max_seq_length} must exceed max_query_length {sq.max_query_length} "
                          "+ 3 ([CLS] and two [SEP]), or no context token fits in a window")
-    tokenizer = finetuning.tokenizer_for(sq.vocab_file, train.init_checkpoint, sq.do_lower_case)
-    model_cfg = finetuning.fit_model_vocab(config.model_config(train), train.model, tokenizer)
-    if sq.max_seq_length > model_cfg.max_position_embeddings:
-        raise ValueError(f"max_seq_length {sq.max_seq_length} exceeds the model's max_position_embeddings "
-                         f"{model_cfg.max_position_embeddings}")
+    tokenizer, model_cfg = finetuning.tokenizer_and_model(train, sq.vocab_file, sq.do_lower_case,
+                                                          sq.max_seq_length)
     window = dict(max_seq_length=sq.max_seq_length, doc_stride=sq.doc_stride, max_query_length=sq.max_query_length)
     train_features = None
     if sq.do_train:

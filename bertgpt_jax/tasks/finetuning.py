@@ -285,6 +285,20 @@ def fit_model_vocab(model_cfg: configs.ModelConfig, model_name: str, tokenizer) 
     return model_cfg
 
 
+def tokenizer_and_model(train: Any, vocab_file: str | None, do_lower_case: bool,
+                        max_seq_length: int) -> tuple[Any, configs.ModelConfig]:
+    """The tokenizer and the model config a fine-tuning CLI runs (``train`` its TrainConfig): the vocabulary
+    fitted as :func:`fit_model_vocab` does, and ``max_seq_length`` checked against the position table."""
+    from bertgpt_jax.training import config
+
+    tokenizer = tokenizer_for(vocab_file, train.init_checkpoint, do_lower_case)
+    model_cfg = fit_model_vocab(config.model_config(train), train.model, tokenizer)
+    if max_seq_length > model_cfg.max_position_embeddings:
+        raise ValueError(f"max_seq_length {max_seq_length} exceeds the model's max_position_embeddings "
+                         f"{model_cfg.max_position_embeddings}")
+    return tokenizer, model_cfg
+
+
 def checkpoint_step(output_dir: str) -> int | None:
     """The latest complete checkpoint's step in a run's ``output_dir``, or None."""
     from bertgpt_jax.training import checkpointing
