@@ -33,7 +33,9 @@ def _records(output_dir):
     return metrics.read_jsonl(os.path.join(output_dir, "metrics.jsonl"))
 
 
-SLOW_SAVE_SECONDS = 1.5
+# A step whose time included a save would take at least this long; the steps themselves take well under a
+# second, though the save's background write (Orbax's thread) competes with the next step for a loaded host's cores.
+SLOW_SAVE_SECONDS = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +82,10 @@ def test_save_time_is_not_counted_as_step_time(finished):
     cfg, _ = finished
     train = {r["step"]: r for r in _records(cfg["output_dir"]) if "train/loss" in r}
     assert sorted(train) == [1, 2, 3, 4, 5, 6]
-    # Steps 2, 4 and 6 save a checkpoint (each save slowed down by 1.5 s): no step's time may include one,
-    # nor a tokens/s or MFU figure derived from it.
+    # Steps 2, 4 and 6 save a checkpoint (each save slowed down by SLOW_SAVE_SECONDS): no step's time may
+    # include one, nor a tokens/s or MFU figure derived from it.
     step_times = {s: r["train/step_time"] for s, r in train.items()}
-    assert max(step_times.values()) < SLOW_SAVE_SECONDS * 2 / 3, step_times
+    assert max(step_times.values()) < SLOW_SAVE_SECONDS * 0.8, step_times
     for r in train.values():
         assert r["train/tokens_per_sec"] == pytest.approx(16 * 32 / r["train/step_time"], rel=1e-6)
 
