@@ -4,6 +4,10 @@ The original ``run_classifier.py`` workflow and flag names (``--task_name``, ``-
 ``--bert_config_file``, ``--init_checkpoint``, ``--do_train/--do_eval/--do_predict``, ``--num_train_epochs``,
 ``--warmup_proportion``, ...) on the sharded training engine. ``--init_checkpoint`` is a pretraining run's
 ``output_dir`` (``python -m bertgpt_jax.pretrain``) or an HF directory; the output layer starts fresh.
+``--compile_only --topology=v4-8`` compiles this run's train step for that TPU slice on this host and prints
+its memory/FLOPs report (``bertgpt_jax/training/aot.py``) instead of running: no checkpoint weights or data
+are read (only the vocabulary, and a generic task's training file for its labels when ``--labels`` is not
+given), and ``--num_train_steps`` stands for the run's length.
 
 Writes to ``--output_dir``: checkpoints and metrics.jsonl (the engine's), ``eval_results.txt`` (sorted
 ``key = value``: ``eval_accuracy``, ``eval_loss``, ``global_step``, ``loss`` and the task's metrics),
@@ -37,7 +41,9 @@ class ClassifierConfig:
                                     "qnli, rte, wnli, sts-b (regression), or generic (your own TSV/CSV/JSONL "
                                     "with named columns).", required=True)
     data_dir: str | None = setting(None, "Directory of the task's files (GLUE: train.tsv, dev.tsv, test.tsv; "
-                                   "generic: train/dev/test .tsv, .csv or .jsonl).", required=True)
+                                   "generic: train/dev/test .tsv, .csv or .jsonl). Required, except with "
+                                   "--compile_only for a task whose labels are known (GLUE, or generic with "
+                                   "--labels): that compiles the step without reading any data.")
     vocab_file: str | None = setting(None, "The vocabulary the model was trained with (default: the one in an HF "
                                      "--init_checkpoint directory).")
     do_lower_case: bool = setting(True, "Lower-case the input (uncased models); for a bare vocab.txt.")
@@ -98,9 +104,11 @@ def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
     from bertgpt_jax.tasks.finetuning import num_train_steps
     from bertgpt_jax.training import loop
 
-    if not (clf.do_train or clf.do_eval or clf.do_predict):
+    if not (clf.do_train or clf.do_eval or clf.do_predict or train.compile_only):
         raise ValueError("at least one of --do_train, --do_eval or --do_predict must be given")
-    if not os.path.isdir(clf.data_dir):
+    if clf.data_dir is None and not (train.compile_only and (clf.task_name.lower() != "generic" or clf.labels)):
+        raise ValueError("--data_dir is required: the directory of the task's files")
+    if clf.data_dir is not None and not os.path.isdir(clf.data_dir):
         raise FileNotFoundError(f"--data_dir {clf.data_dir} is not a directory")
     generic = dict(text_column=clf.text_column, text_pair_column=clf.text_pair_column,
                    label_column=clf.label_column, labels=clf.labels.split(",") if clf.labels else None,
@@ -118,6 +126,10 @@ def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
 
     tokenizer, model_cfg = finetuning.tokenizer_and_model(train, clf.vocab_file, clf.do_lower_case,
                                                           clf.max_seq_length)
+    if train.compile_only:  # the TPU's train step, compiled here: no features built, nothing trained
+        task = SequenceClassification(model_cfg, num_labels, clf.max_seq_length, layer_mix=clf.layer_mix,
+                                      freeze_encoder=clf.freeze_encoder)
+        return finetuning.compile_only(train, task, clf.warmup_proportion)
 
     def features(split):
         examples = processor.get_examples(clf.data_dir, split)
@@ -137,12 +149,11 @@ def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
         if steps <= 0:
             raise ValueError(f"{len(train_examples)} training examples / train_batch_size {train.train_batch_size} "
                              f"x num_train_epochs {clf.num_train_epochs} gives no training step")
-        warmup = int(steps * clf.warmup_proportion)
+        engine = finetuning.engine_config(train, steps, clf.warmup_proportion)
         finetuning.say(f"[run_classifier] {clf.task_name}: {len(train_examples)} training examples, {num_labels} "
                f"{'output (regression)' if regression else 'labels'}; {steps} steps of {train.train_batch_size} "
-               f"({clf.num_train_epochs} epochs), {warmup} warmup")
-        result = loop.run(train.replace(do_train=True, do_eval=False, num_train_steps=steps,
-                                        num_warmup_steps=warmup), task)
+               f"({clf.num_train_epochs} epochs), {engine.num_warmup_steps} warmup")
+        result = loop.run(engine, task)
 
     if not (clf.do_eval or clf.do_predict or clf.export_hf):
         return {}

@@ -6,6 +6,9 @@ between sentences; BIO, IOB1 or IOBES tags). Each word's tag is predicted at its
 (entity level, as seqeval computes them), ``eval_accuracy`` (per word), ``eval_loss``, ``global_step``,
 ``loss``), ``eval_results.json``, ``eval_predictions.txt`` and ``test_predictions.txt`` (CoNLL format with the
 predicted tag as the last column) and, with ``--export_hf``, an HF ``BertForTokenClassification`` directory.
+``--compile_only --topology=v4-8`` compiles this run's train step for that TPU slice on this host and prints
+its memory/FLOPs report (``bertgpt_jax/training/aot.py``) instead of running: it reads train.txt for the tag
+set only (no tokenization) and no checkpoint weights, and ``--num_train_steps`` stands for the run's length.
 
     python -m bertgpt_jax.run_ner --data_dir=conll2003 --init_checkpoint=HF_BERT_DIR --do_train --do_eval \\
         --do_predict --output_dir=/tmp/ner
@@ -59,12 +62,15 @@ def run(train: TrainConfig, tc: TaggingConfig) -> dict:
     from bertgpt_jax.tasks.tagging import TokenClassification
     from bertgpt_jax.training import loop
 
-    if not (tc.do_train or tc.do_eval or tc.do_predict):
+    if not (tc.do_train or tc.do_eval or tc.do_predict or train.compile_only):
         raise ValueError("at least one of --do_train, --do_eval or --do_predict must be given")
     path = {k: os.path.join(tc.data_dir, v) for k, v in FILES.items()}
     tokenizer, model_cfg = finetuning.tokenizer_and_model(train, tc.vocab_file, tc.do_lower_case, tc.max_seq_length)
     train_sentences = conll.read_conll(path["train"])  # the tag set is the training file's, in every phase
     labels = conll.label_list(train_sentences)
+    if train.compile_only:  # the TPU's train step, compiled here: nothing tokenized, nothing trained
+        return finetuning.compile_only(train, TokenClassification(model_cfg, len(labels), tc.max_seq_length),
+                                       tc.warmup_proportion)
     feats = {}
 
     def load(split):
@@ -84,9 +90,10 @@ def run(train: TrainConfig, tc: TaggingConfig) -> dict:
         if steps <= 0:
             raise ValueError(f"{len(train_sentences)} sentences / train_batch_size {train.train_batch_size} x "
                              f"num_train_epochs {tc.num_train_epochs} gives no training step")
-        warmup = int(steps * tc.warmup_proportion)
-        finetuning.say(f"[run_ner] {len(train_sentences)} training sentences, tags {labels}; {steps} steps, {warmup} warmup")
-        loop.run(train.replace(do_train=True, do_eval=False, num_train_steps=steps, num_warmup_steps=warmup), task)
+        engine = finetuning.engine_config(train, steps, tc.warmup_proportion)
+        finetuning.say(f"[run_ner] {len(train_sentences)} training sentences, tags {labels}; {steps} steps, "
+                       f"{engine.num_warmup_steps} warmup")
+        loop.run(engine, task)
     if not (tc.do_eval or tc.do_predict or tc.export_hf):
         return {}
     params, step = finetuning.run_params(task, train.output_dir, train.init_checkpoint, mesh)

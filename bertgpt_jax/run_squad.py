@@ -5,6 +5,9 @@ character offsets, WordPiece alignment, sliding windows ``--doc_stride`` apart, 
 spans mapped back onto the original text, v2.0 null answers) on the sharded training engine. Writes
 ``predictions.json``, ``nbest_predictions.json``, ``null_odds.json`` (v2.0) and, when ``--predict_file`` has
 answers, ``eval_results.json`` from the official evaluation (``bertgpt_jax/evaluation/squad.py``).
+``--compile_only --topology=v4-8`` compiles this run's train step for that TPU slice on this host and prints
+its memory/FLOPs report (``bertgpt_jax/training/aot.py``) instead of running; it reads no data and no
+checkpoint weights (only the vocabulary, when given), and ``--num_train_steps`` stands for the run's length.
 
     python -m bertgpt_jax.run_squad --init_checkpoint=HF_BERT_DIR --do_train --train_file=train-v1.1.json \\
         --do_predict --predict_file=dev-v1.1.json --train_batch_size=12 --learning_rate=3e-5 \\
@@ -66,7 +69,7 @@ def run(train: TrainConfig, sq: SquadConfig) -> dict:
     from bertgpt_jax.tasks.spans import SpanExtraction
     from bertgpt_jax.training import loop
 
-    if not (sq.do_train or sq.do_predict):
+    if not (sq.do_train or sq.do_predict or train.compile_only):
         raise ValueError("at least one of --do_train or --do_predict must be given")
     if sq.do_train and not sq.train_file:
         raise ValueError("--do_train needs --train_file")
@@ -77,6 +80,8 @@ def run(train: TrainConfig, sq: SquadConfig) -> dict:
                          "+ 3 ([CLS] and two [SEP]), or no context token fits in a window")
     tokenizer, model_cfg = finetuning.tokenizer_and_model(train, sq.vocab_file, sq.do_lower_case,
                                                           sq.max_seq_length)
+    if train.compile_only:  # the TPU's train step, compiled here: no data read, nothing trained
+        return finetuning.compile_only(train, SpanExtraction(model_cfg, sq.max_seq_length), sq.warmup_proportion)
     window = dict(max_seq_length=sq.max_seq_length, doc_stride=sq.doc_stride, max_query_length=sq.max_query_length)
     train_features = None
     if sq.do_train:
@@ -91,10 +96,10 @@ def run(train: TrainConfig, sq: SquadConfig) -> dict:
         if steps <= 0:
             raise ValueError(f"{len(train_examples)} training questions / train_batch_size {train.train_batch_size} "
                              f"x num_train_epochs {sq.num_train_epochs} gives no training step")
-        warmup = int(steps * sq.warmup_proportion)
+        engine = finetuning.engine_config(train, steps, sq.warmup_proportion)
         finetuning.say(f"[run_squad] {len(train_examples)} training questions, {len(train_features.example_index)} windows; "
-               f"{steps} steps of {train.train_batch_size}, {warmup} warmup")
-        loop.run(train.replace(do_train=True, do_eval=False, num_train_steps=steps, num_warmup_steps=warmup), task)
+               f"{steps} steps of {train.train_batch_size}, {engine.num_warmup_steps} warmup")
+        loop.run(engine, task)
     if not (sq.do_predict or sq.export_hf):
         return {}
     params, step = finetuning.run_params(task, train.output_dir, train.init_checkpoint, mesh)

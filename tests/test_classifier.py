@@ -415,3 +415,42 @@ def test_sts_b_regression_eval_and_predict(minilm_dir, tmp_path):
     assert metrics["eval_loss"] == pytest.approx(np.mean((scores - labels) ** 2), rel=1e-5)
     assert metrics["eval_pearson"] == pytest.approx(stats.pearsonr(scores, labels)[0], abs=1e-5)
     assert metrics["eval_spearman"] == pytest.approx(stats.spearmanr(scores, labels)[0], abs=1e-5)
+
+
+# ---- --compile_only: the fine-tuning step compiled for a TPU slice ---------------------------------------
+
+
+def test_compile_only_compiles_the_classifier_step_for_a_tpu_slice(tmp_path, capsys):
+    """The step compiled is the classifier's (encoder without pretraining heads + a 2-way output layer), on
+    the run's mesh and batch; nothing is trained or written. An oversized batch exits 2 naming what to change."""
+    from bertgpt_jax import run_classifier
+    from bertgpt_jax.training import TrainConfig
+
+    out = tmp_path / "out"
+    train = TrainConfig(output_dir=str(out), model="bert-tiny", train_batch_size=32, dtype="bfloat16",
+                        compile_only=True, topology="v5litepod-4")
+    result = run_classifier.run(train, run_classifier.ClassifierConfig(task_name="MRPC", max_seq_length=128))
+    report = result["compile_report"]
+    H, L, I, V, P, C = 128, 2, 512, 30522, 512, 2  # bert-tiny; MRPC's two labels
+    encoder = V * H + P * H + 2 * H + 2 * H + L * (4 * (H * H + H) + 2 * H + H * I + I + I * H + H + 2 * H)
+    n_params = encoder + H * H + H + H * C + C  # + pooler + classifier (no MLM/NSP heads)
+    assert report["params"] == n_params == 4_386_178
+    # Pure data parallelism over 4 chips: every chip holds all fp32 parameters and AdamW's two moments.
+    assert (report["chips"], report["mesh"]) == (4, {"data": 4, "fsdp": 1, "tensor": 1})
+    assert report["param_bytes"] == 4 * n_params
+    assert abs(report["opt_state_bytes"] - 2 * 4 * n_params) <= 64
+    assert report["tokens_per_step"] == 32 * 128 and report["fits"]
+    assert report["peak_bytes"] >= report["argument_bytes"] >= report["param_bytes"] + report["opt_state_bytes"]
+    assert result["stopped_by"] == "compile_only"
+    assert "compiled train step of bert-tiny for v5litepod-4" in capsys.readouterr().out
+    assert not out.exists()  # no checkpoint, no metrics
+
+    env = dict(os.environ, PYTHONPATH=ROOT, BERTGPT_JAX_NO_HUGE_PAGES="1", XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "bertgpt_jax.run_classifier", "--task_name=MRPC",
+                           "--model=bert-tiny", "--compile_only", "--topology=v5litepod-4", f"--output_dir={out}",
+                           "--train_batch_size=8192", "--max_seq_length=512"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "the train step of bert-tiny does not fit v5litepod-4" in proc.stderr
+    assert "--grad_accum_steps=2 (microbatch 1024 per chip" in proc.stderr
+    assert not out.exists()

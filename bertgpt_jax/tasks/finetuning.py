@@ -288,15 +288,42 @@ def fit_model_vocab(model_cfg: configs.ModelConfig, model_name: str, tokenizer) 
 def tokenizer_and_model(train: Any, vocab_file: str | None, do_lower_case: bool,
                         max_seq_length: int) -> tuple[Any, configs.ModelConfig]:
     """The tokenizer and the model config a fine-tuning CLI runs (``train`` its TrainConfig): the vocabulary
-    fitted as :func:`fit_model_vocab` does, and ``max_seq_length`` checked against the position table."""
+    fitted as :func:`fit_model_vocab` does, and ``max_seq_length`` checked against the position table.
+
+    With ``--compile_only`` the kernels are TPU's and the vocabulary is optional: a preset keeps its own
+    ``vocab_size`` when none is given (the tokenizer is then None)."""
     from bertgpt_jax.training import config
 
-    tokenizer = tokenizer_for(vocab_file, train.init_checkpoint, do_lower_case)
-    model_cfg = fit_model_vocab(config.model_config(train), train.model, tokenizer)
+    platform = "tpu" if train.compile_only else None
+    try:
+        tokenizer = tokenizer_for(vocab_file, train.init_checkpoint, do_lower_case)
+    except ValueError:
+        if not train.compile_only:
+            raise
+        tokenizer = None
+    model_cfg = config.model_config(train, platform=platform)
+    if tokenizer is not None:
+        model_cfg = fit_model_vocab(model_cfg, train.model, tokenizer)
     if max_seq_length > model_cfg.max_position_embeddings:
         raise ValueError(f"max_seq_length {max_seq_length} exceeds the model's max_position_embeddings "
                          f"{model_cfg.max_position_embeddings}")
     return tokenizer, model_cfg
+
+
+def engine_config(train: Any, steps: int, warmup_proportion: float) -> Any:
+    """The TrainConfig the engine runs for ``steps`` of fine-tuning: what ``loop.run`` trains and what
+    ``--compile_only`` compiles (the CLI evaluates once training ends)."""
+    return train.replace(do_train=True, do_eval=False, num_train_steps=steps,
+                         num_warmup_steps=int(steps * warmup_proportion))
+
+
+def compile_only(train: Any, task: FinetuneTask, warmup_proportion: float) -> dict:
+    """``--compile_only``: the fine-tuning train step compiled for ``--topology`` and its report printed
+    (``training/aot.py``, as pretraining does). Nothing is trained, no checkpoint is read, nothing is written;
+    ``--num_train_steps`` stands for the run's length (the schedule's constants change no shape)."""
+    from bertgpt_jax.training import aot
+
+    return aot.compile_only(engine_config(train, train.num_train_steps, warmup_proportion), task)
 
 
 def checkpoint_step(output_dir: str) -> int | None:
