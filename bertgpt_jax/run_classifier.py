@@ -129,18 +129,38 @@ def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
     if train.compile_only:  # the TPU's train step, compiled here: no features built, nothing trained
         task = SequenceClassification(model_cfg, num_labels, clf.max_seq_length, layer_mix=clf.layer_mix,
                                       freeze_encoder=clf.freeze_encoder)
-        return finetuning.compile_only(train, task, clf.warmup_proportion)
+        return finetuning.compile_only(train, task, clf.warmup_proportion, evaluate=clf.do_eval)
 
     def features(split):
         examples = processor.get_examples(clf.data_dir, split)
         return examples, glue.convert_examples_to_features(examples, label_list, clf.max_seq_length, tokenizer,
                                                            regression=regression)
 
+    finetuning.check_eval_every_steps(train, clf.do_train, clf.do_eval, "--do_eval (the dev split)")
     train_examples, train_features = features(glue.TRAIN) if clf.do_train else (None, None)
     eval_examples, eval_features = features(glue.DEV) if clf.do_eval else (None, None)
+    mm_features = None
+    if clf.do_eval and clf.task_name.lower() == "mnli" and os.path.exists(os.path.join(clf.data_dir,
+                                                                                       "dev_mismatched.tsv")):
+        mm = glue.MnliMismatchedProcessor()
+        mm_features = glue.convert_examples_to_features(mm.get_examples(clf.data_dir, glue.DEV), label_list,
+                                                        clf.max_seq_length, tokenizer)
     task = SequenceClassification(model_cfg, num_labels, clf.max_seq_length, train_features, eval_features,
                                   layer_mix=clf.layer_mix, freeze_encoder=clf.freeze_encoder)
     mesh = sharding.make_mesh(train.mesh_shape)
+
+    def evaluate(params):
+        """The task's metric set on dev (and MNLI's mismatched dev as ``mm_...``), names without a prefix."""
+        logits = task.predict(params, eval_features, train.eval_batch_size, mesh)
+        out = _eval_metrics(task, processor, clf.task_name, logits, eval_features["label_ids"], prefix="")
+        if mm_features is not None:
+            mm_logits = task.predict(params, mm_features, train.eval_batch_size, mesh)
+            out.update(_eval_metrics(task, glue.MnliMismatchedProcessor(), "mnli-mm", mm_logits,
+                                     mm_features["label_ids"], prefix="mm_"))
+        return out, None
+
+    evaluation = finetuning.Evaluation(evaluate)
+    task.evaluator = evaluation
     result: dict = {}
     if clf.do_train:
         steps = num_train_steps(len(train_examples), train.train_batch_size, clf.num_train_epochs)
@@ -149,7 +169,7 @@ def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
         if steps <= 0:
             raise ValueError(f"{len(train_examples)} training examples / train_batch_size {train.train_batch_size} "
                              f"x num_train_epochs {clf.num_train_epochs} gives no training step")
-        engine = finetuning.engine_config(train, steps, clf.warmup_proportion)
+        engine = finetuning.engine_config(train, steps, clf.warmup_proportion, evaluate=clf.do_eval)
         finetuning.say(f"[run_classifier] {clf.task_name}: {len(train_examples)} training examples, {num_labels} "
                f"{'output (regression)' if regression else 'labels'}; {steps} steps of {train.train_batch_size} "
                f"({clf.num_train_epochs} epochs), {engine.num_warmup_steps} warmup")
@@ -161,18 +181,10 @@ def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
 
     metrics: dict = {}
     if clf.do_eval:
-        logits = task.predict(params, eval_features, train.eval_batch_size, mesh)
-        metrics = _eval_metrics(task, processor, clf.task_name, logits, eval_features["label_ids"])
+        metrics = {f"eval_{k}": v for k, v in evaluation.final(params, result)[0].items()}
         metrics["global_step"] = int(step)
         metrics["loss"] = metrics["eval_loss"]
         metrics["eval_num_examples"] = len(eval_examples)
-        if clf.task_name.lower() == "mnli" and os.path.exists(os.path.join(clf.data_dir, "dev_mismatched.tsv")):
-            mm = glue.MnliMismatchedProcessor()
-            mm_examples = mm.get_examples(clf.data_dir, glue.DEV)
-            mm_features = glue.convert_examples_to_features(mm_examples, label_list, clf.max_seq_length, tokenizer)
-            mm_logits = task.predict(params, mm_features, train.eval_batch_size, mesh)
-            metrics.update(_eval_metrics(task, mm, "mnli-mm", mm_logits, mm_features["label_ids"],
-                                         prefix="eval_mm_"))
         if jax.process_index() == 0:
             os.makedirs(train.output_dir, exist_ok=True)
             finetuning.write_results(os.path.join(train.output_dir, "eval_results.txt"), metrics)

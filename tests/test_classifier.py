@@ -318,7 +318,8 @@ def test_run_classifier_cli_learns_which_document_a_sentence_is_from(minilm_dir,
            "--text_column=sentence", "--label_column=topic", f"--init_checkpoint={init}", "--do_train",
            "--do_eval", "--do_predict", "--max_seq_length=32", "--train_batch_size=16", "--eval_batch_size=8",
            "--learning_rate=5e-4", "--num_train_epochs=4", f"--output_dir={out}", f"--export_hf={hf_out}",
-           "--noprogress_bar", "--notensorboard", "--noplot", "--kernels=xla", "--log_every_steps=5"]
+           "--noprogress_bar", "--notensorboard", "--noplot", "--kernels=xla", "--log_every_steps=5",
+           "--eval_every_steps=10", "--best_metric=eval/accuracy", "--best_mode=max"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "the output layer (classifier) is freshly initialised" in proc.stdout
@@ -333,6 +334,18 @@ def test_run_classifier_cli_learns_which_document_a_sentence_is_from(minilm_dir,
     assert float(results["eval_accuracy"]) >= 0.55, results
     assert float(results["eval_loss"]) <= 0.95, results
     assert json.load(open(os.path.join(out, "eval_results.json")))["eval_accuracy"] == float(results["eval_accuracy"])
+    # --eval_every_steps=10: the task's own metrics (GLUE's, from every dev example) during training; the
+    # closing evaluation is the engine's of step 30, not a second pass, and the best step's weights are kept.
+    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    evals = {r["step"]: r for r in records if "eval/accuracy" in r}
+    assert sorted(evals) == [10, 20, 30], sorted(evals)
+    assert {"eval/loss", "eval/accuracy"} <= set(evals[30]) and "eval/f1" not in evals[30]  # 3 labels: no F1
+    assert evals[30]["eval/accuracy"] == pytest.approx(float(results["eval_accuracy"]), abs=1e-12)
+    assert evals[30]["eval/loss"] == pytest.approx(float(results["eval_loss"]), abs=1e-12)
+    assert evals[10]["eval/accuracy"] < evals[30]["eval/accuracy"] or evals[10]["eval/loss"] > evals[30]["eval/loss"]
+    (kept,) = os.listdir(os.path.join(out, "best_checkpoint"))
+    assert evals[int(kept)]["eval/accuracy"] == max(r["eval/accuracy"] for r in evals.values())
+    assert "eval at step 30" in proc.stdout
     probs = np.loadtxt(os.path.join(out, "test_results.tsv"), delimiter="\t")
     assert probs.shape == (9, 3) and np.allclose(probs.sum(1), 1.0, atol=1e-6)
     # The exported BertForSequenceClassification gives the same probabilities in PyTorch.
@@ -384,6 +397,25 @@ def test_training_stream_resumes_exactly_and_eval_covers_every_example():
     real = np.concatenate([b["x"][b["is_real_example"] == 1] for b in batches])
     assert real.tolist() == list(range(10))
     assert num_train_steps(3668, 32, 3.0) == 343  # MRPC's train set, as the original counts
+
+
+def test_closing_evaluation_reuses_the_engines_of_the_same_parameters():
+    from bertgpt_jax.tasks.finetuning import Evaluation
+
+    calls = []
+
+    def fn(params):
+        calls.append(params)
+        return {"accuracy": 0.5 + len(calls) / 8, "loss": np.float32(0.25), "label": "not a figure"}, params
+
+    evaluation = Evaluation(fn)
+    assert evaluation("p1") == {"accuracy": 0.625, "loss": 0.25}  # what the engine records
+    engine = {"stopped_by": "end", "eval/accuracy": 0.625, "eval/loss": 0.25, "train/loss": 1.0}
+    assert evaluation.final("p1", engine)[1] == "p1" and calls == ["p1"]  # reused: no second pass
+    # Another evaluation than the engine's last, a run stopped by SIGTERM, or no engine run: computed anew.
+    assert evaluation.final("p2", {**engine, "eval/accuracy": 0.75})[1] == "p2"
+    assert evaluation.final("p3", {**engine, "stopped_by": "sigterm"})[1] == "p3"
+    assert evaluation.final("p4", {})[1] == "p4" and calls == ["p1", "p2", "p3", "p4"]
 
 
 def test_sts_b_regression_eval_and_predict(minilm_dir, tmp_path):
