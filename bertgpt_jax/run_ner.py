@@ -71,6 +71,7 @@ def run(train: TrainConfig, tc: TaggingConfig) -> dict:
     if train.compile_only:  # the TPU's train step, compiled here: nothing tokenized, nothing trained
         return finetuning.compile_only(train, TokenClassification(model_cfg, len(labels), tc.max_seq_length),
                                        tc.warmup_proportion)
+    finetuning.check_eval_every_steps(train, tc.do_train, tc.do_eval, "--do_eval (dev.txt)")
     feats = {}
 
     def load(split):
@@ -83,17 +84,38 @@ def run(train: TrainConfig, tc: TaggingConfig) -> dict:
     if tc.do_eval:
         feats["dev"] = load("dev")
     task = TokenClassification(model_cfg, len(labels), tc.max_seq_length,
-                               feats["train"][1] if tc.do_train else None)
+                               feats["train"][1] if tc.do_train else None,
+                               feats["dev"][1] if tc.do_eval else None)
     mesh = sharding.make_mesh(train.mesh_shape)
+
+    def evaluate(params):
+        """Entity-level precision/recall/F1 (seqeval's), per-word accuracy and the loss on dev.txt; and the
+        predicted tags, for eval_predictions.txt."""
+        import numpy as np
+
+        sentences, f = feats["dev"]
+        logits = task.predict(params, f, train.eval_batch_size, mesh)
+        pred = conll.predicted_tags(sentences, f, logits, labels)
+        out = tagging.entity_scores([s.tags for s in sentences], pred)
+        w = f["label_weights"]
+        z = logits - logits.max(-1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+        nll = -np.take_along_axis(logp, f["label_ids"][..., None], -1)[..., 0]
+        out["loss"] = float((nll * w).sum() / max(w.sum(), 1.0))
+        return out, pred
+
+    evaluation = finetuning.Evaluation(evaluate)
+    task.evaluator = evaluation
+    result: dict = {}
     if tc.do_train:
         steps = finetuning.num_train_steps(len(train_sentences), train.train_batch_size, tc.num_train_epochs)
         if steps <= 0:
             raise ValueError(f"{len(train_sentences)} sentences / train_batch_size {train.train_batch_size} x "
                              f"num_train_epochs {tc.num_train_epochs} gives no training step")
-        engine = finetuning.engine_config(train, steps, tc.warmup_proportion)
+        engine = finetuning.engine_config(train, steps, tc.warmup_proportion, evaluate=tc.do_eval)
         finetuning.say(f"[run_ner] {len(train_sentences)} training sentences, tags {labels}; {steps} steps, "
                        f"{engine.num_warmup_steps} warmup")
-        loop.run(engine, task)
+        result = loop.run(engine, task)
     if not (tc.do_eval or tc.do_predict or tc.export_hf):
         return {}
     params, step = finetuning.run_params(task, train.output_dir, train.init_checkpoint, mesh)
@@ -102,24 +124,15 @@ def run(train: TrainConfig, tc: TaggingConfig) -> dict:
     if main:
         os.makedirs(train.output_dir, exist_ok=True)
     if tc.do_eval:
-        import numpy as np
-
-        sentences, f = feats["dev"]
-        logits = task.predict(params, {k: v for k, v in f.items()}, train.eval_batch_size, mesh)
-        pred = conll.predicted_tags(sentences, f, logits, labels)
-        metrics = {f"eval_{k}": v for k, v in tagging.entity_scores([s.tags for s in sentences], pred).items()}
-        w = f["label_weights"]
-        z = logits - logits.max(-1, keepdims=True)
-        logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
-        nll = -np.take_along_axis(logp, f["label_ids"][..., None], -1)[..., 0]
-        metrics["eval_loss"] = float((nll * w).sum() / max(w.sum(), 1.0))
+        scores, pred = evaluation.final(params, result)
+        metrics = {f"eval_{k}": v for k, v in scores.items()}
         metrics["loss"] = metrics["eval_loss"]
         metrics["global_step"] = int(step)
         if main:
             finetuning.write_results(os.path.join(train.output_dir, "eval_results.txt"), metrics)
             with open(os.path.join(train.output_dir, "eval_results.json"), "w", encoding="utf-8") as fh:
                 json.dump(metrics, fh, indent=2, sort_keys=True)
-            conll.write_conll(os.path.join(train.output_dir, "eval_predictions.txt"), sentences, pred)
+            conll.write_conll(os.path.join(train.output_dir, "eval_predictions.txt"), feats["dev"][0], pred)
         finetuning.say("[run_ner] eval: " + ", ".join(f"{k} = {v:.4f}" for k, v in sorted(metrics.items())))
     if tc.do_predict:
         sentences = conll.read_conll(path["test"], with_tags=False)
