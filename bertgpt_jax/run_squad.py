@@ -87,8 +87,37 @@ def run(train: TrainConfig, sq: SquadConfig) -> dict:
     if sq.do_train:
         train_examples = squad.read_squad_examples(sq.train_file, True, sq.version_2_with_negative)
         train_features = squad.convert_examples_to_features(train_examples, tokenizer, is_training=True, **window)
-    task = SpanExtraction(model_cfg, sq.max_seq_length, None if train_features is None else train_features.arrays)
+    has_answers = False
+    if sq.do_predict:
+        examples = squad.read_squad_examples(sq.predict_file, False, sq.version_2_with_negative)
+        features = squad.convert_examples_to_features(examples, tokenizer, is_training=False, **window)
+        with open(sq.predict_file, encoding="utf-8") as f:
+            data = json.load(f)["data"]
+        has_answers = any(qa.get("answers") for a in data for p in a["paragraphs"] for qa in p["qas"])
+    finetuning.check_eval_every_steps(train, sq.do_train, has_answers,
+                                      "--do_predict with a --predict_file that has answers")
+    task = SpanExtraction(model_cfg, sq.max_seq_length, None if train_features is None else train_features.arrays,
+                          features.arrays if has_answers else None)
     mesh = sharding.make_mesh(train.mesh_shape)
+
+    def evaluate(params):
+        """The official evaluation's figures (exact match, F1; v2.0's with and without answers) on
+        --predict_file, after the original's span decoding; and the predictions, for the files."""
+        start_logits, end_logits = task.predict(params, features.arrays, sq.predict_batch_size, mesh)
+        preds, nbest, odds = squad.write_predictions(
+            examples, features, np.asarray(start_logits), np.asarray(end_logits), n_best_size=sq.n_best_size,
+            max_answer_length=sq.max_answer_length, do_lower_case=sq.do_lower_case,
+            version_2_with_negative=sq.version_2_with_negative,
+            null_score_diff_threshold=sq.null_score_diff_threshold, id_to_token=tokenizer.id_to_token)
+        scores = {}
+        if has_answers:
+            scores = (squad_eval.evaluate_v2(data, preds, odds) if sq.version_2_with_negative
+                      else squad_eval.evaluate_v1(data, preds))
+        return scores, (preds, nbest, odds)
+
+    evaluation = finetuning.Evaluation(evaluate)
+    task.evaluator = evaluation
+    result: dict = {}
     if sq.do_train:
         steps = finetuning.num_train_steps(len(train_examples), train.train_batch_size, sq.num_train_epochs)
         if F.is_parsed() and "num_train_steps" in F and F["num_train_steps"].present:
@@ -96,23 +125,16 @@ def run(train: TrainConfig, sq: SquadConfig) -> dict:
         if steps <= 0:
             raise ValueError(f"{len(train_examples)} training questions / train_batch_size {train.train_batch_size} "
                              f"x num_train_epochs {sq.num_train_epochs} gives no training step")
-        engine = finetuning.engine_config(train, steps, sq.warmup_proportion)
+        engine = finetuning.engine_config(train, steps, sq.warmup_proportion, evaluate=has_answers)
         finetuning.say(f"[run_squad] {len(train_examples)} training questions, {len(train_features.example_index)} windows; "
                f"{steps} steps of {train.train_batch_size}, {engine.num_warmup_steps} warmup")
-        loop.run(engine, task)
+        result = loop.run(engine, task)
     if not (sq.do_predict or sq.export_hf):
         return {}
     params, step = finetuning.run_params(task, train.output_dir, train.init_checkpoint, mesh)
     results: dict = {}
     if sq.do_predict:
-        examples = squad.read_squad_examples(sq.predict_file, False, sq.version_2_with_negative)
-        features = squad.convert_examples_to_features(examples, tokenizer, is_training=False, **window)
-        start_logits, end_logits = task.predict(params, features.arrays, sq.predict_batch_size, mesh)
-        preds, nbest, odds = squad.write_predictions(
-            examples, features, np.asarray(start_logits), np.asarray(end_logits), n_best_size=sq.n_best_size,
-            max_answer_length=sq.max_answer_length, do_lower_case=sq.do_lower_case,
-            version_2_with_negative=sq.version_2_with_negative,
-            null_score_diff_threshold=sq.null_score_diff_threshold, id_to_token=tokenizer.id_to_token)
+        scores, (preds, nbest, odds) = evaluation.final(params, result)
         if jax.process_index() == 0:
             os.makedirs(train.output_dir, exist_ok=True)
             files = {"predictions.json": preds, "nbest_predictions.json": nbest}
@@ -121,13 +143,8 @@ def run(train: TrainConfig, sq: SquadConfig) -> dict:
             for name, obj in files.items():
                 with open(os.path.join(train.output_dir, name), "w", encoding="utf-8") as f:
                     json.dump(obj, f, indent=2)
-            with open(sq.predict_file, encoding="utf-8") as f:
-                data = json.load(f)["data"]
-            has_answers = any(qa.get("answers") for a in data for p in a["paragraphs"] for qa in p["qas"])
             if has_answers:
-                results = (squad_eval.evaluate_v2(data, preds, odds) if sq.version_2_with_negative
-                           else squad_eval.evaluate_v1(data, preds))
-                results["global_step"] = int(step)
+                results = {**scores, "global_step": int(step)}
                 with open(os.path.join(train.output_dir, "eval_results.json"), "w", encoding="utf-8") as f:
                     json.dump(results, f, indent=2, sort_keys=True)
         finetuning.say(f"[run_squad] {len(preds)} predictions in {train.output_dir}/predictions.json"
