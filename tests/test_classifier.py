@@ -370,6 +370,8 @@ def test_run_classifier_errors(minilm_dir, tmp_path):
                                           label_column="topic")
     with pytest.raises(ValueError, match="at least one of --do_train, --do_eval or --do_predict"):
         run_classifier.run(train, clf)
+    with pytest.raises(ValueError, match="--eval_every_steps=5 evaluates during training and needs --do_eval"):
+        run_classifier.run(train.replace(eval_every_steps=5), dataclasses.replace(clf, do_train=True))
     config = json.load(open(os.path.join(minilm_dir, "config.json")))
     _write(str(tmp_path / "small_vocab.json"), [json.dumps({**config, "vocab_size": 30000})])
     with pytest.raises(ValueError, match=r"the vocabulary \(30522 tokens\) differs from the model's vocab_size 30000"):
@@ -397,6 +399,21 @@ def test_training_stream_resumes_exactly_and_eval_covers_every_example():
     real = np.concatenate([b["x"][b["is_real_example"] == 1] for b in batches])
     assert real.tolist() == list(range(10))
     assert num_train_steps(3668, 32, 3.0) == 343  # MRPC's train set, as the original counts
+
+
+def test_engine_reports_a_tasks_own_evaluation_and_checks_best_metric():
+    from bertgpt_jax import configs
+    from bertgpt_jax.tasks.classification import SequenceClassification
+    from bertgpt_jax.tasks.finetuning import Evaluation
+    from bertgpt_jax.training import TrainConfig, loop
+
+    task = SequenceClassification(configs.get("bert-tiny"), 2, 16)  # no features: only its evaluation is asked
+    task.evaluator = Evaluation(lambda params: ({"f1": np.float64(0.5), "accuracy": 0.75, "n": "text"}, None))
+    cfg = TrainConfig(output_dir="/tmp/unused", model="bert-tiny", best_metric="eval/f1")
+    assert loop.evaluate(None, {}, cfg, task, None) == {"eval/f1": 0.5, "eval/accuracy": 0.75}
+    with pytest.raises(ValueError, match=r"--best_metric eval/f2 is not one of this task's eval metrics "
+                                         r"\(eval/accuracy, eval/f1\)"):
+        loop.evaluate(None, {}, cfg.replace(best_metric="eval/f2"), task, None)
 
 
 def test_closing_evaluation_reuses_the_engines_of_the_same_parameters():
