@@ -401,6 +401,32 @@ def test_training_stream_resumes_exactly_and_eval_covers_every_example():
     assert num_train_steps(3668, 32, 3.0) == 343  # MRPC's train set, as the original counts
 
 
+def test_compile_only_of_squad_and_ner_compiles_their_own_step(tmp_path, monkeypatch):
+    """run_squad and run_ner hand aot their span / tagging task at the run's settings, reading no examples
+    (run_ner reads train.txt's tag set only); the compile itself is the classifier test's."""
+    from bertgpt_jax import run_ner, run_squad
+    from bertgpt_jax.tasks.spans import SpanExtraction
+    from bertgpt_jax.tasks.tagging import TokenClassification
+    from bertgpt_jax.training import TrainConfig, aot
+
+    seen = []
+    monkeypatch.setattr(aot, "compile_only", lambda cfg, task: seen.append((cfg, task)) or {"stopped_by": "x"})
+    train = TrainConfig(output_dir=str(tmp_path / "out"), model="bert-tiny", train_batch_size=48,
+                        grad_accum_steps=3, dtype="bfloat16", compile_only=True, topology="v4-8", num_train_steps=77)
+    run_squad.run(train, run_squad.SquadConfig(max_seq_length=256, train_file="/nonexistent.json"))
+    _write(str(tmp_path / "train.txt"), ["EU B-ORG", "rejects O", "German B-MISC", "", "Peter B-PER", "Blackburn I-PER"])
+    run_ner.run(train, run_ner.TaggingConfig(data_dir=str(tmp_path), max_seq_length=64))
+    (sq_cfg, sq_task), (ner_cfg, ner_task) = seen
+    assert isinstance(sq_task, SpanExtraction) and sq_task.seq_len == 256 and sq_task.train_features is None
+    assert isinstance(ner_task, TokenClassification) and ner_task.seq_len == 64
+    assert ner_task.num_labels == 5  # B-MISC, B-ORG, B-PER, I-PER, O
+    for cfg, task in seen:
+        assert (cfg.train_batch_size, cfg.grad_accum_steps, cfg.num_train_steps, cfg.num_warmup_steps) == (48, 3, 77, 7)
+        assert cfg.do_train and task.model_cfg.kernels == "xla" and task.model_cfg.dtype == "bfloat16"
+        assert task.model_cfg.vocab_size == 30522  # the preset's own, with no vocabulary given
+    assert not (tmp_path / "out").exists()
+
+
 def test_engine_reports_a_tasks_own_evaluation_and_checks_best_metric():
     from bertgpt_jax import configs
     from bertgpt_jax.tasks.classification import SequenceClassification
