@@ -414,7 +414,8 @@ def test_compile_only_of_squad_and_ner_compiles_their_own_step(tmp_path, monkeyp
     train = TrainConfig(output_dir=str(tmp_path / "out"), model="bert-tiny", train_batch_size=48,
                         grad_accum_steps=3, dtype="bfloat16", compile_only=True, topology="v4-8", num_train_steps=77)
     run_squad.run(train, run_squad.SquadConfig(max_seq_length=256, train_file="/nonexistent.json"))
-    _write(str(tmp_path / "train.txt"), ["EU B-ORG", "rejects O", "German B-MISC", "", "Peter B-PER", "Blackburn I-PER"])
+    _write(str(tmp_path / "train.txt"),
+           ["EU B-ORG", "rejects O", "German B-MISC", "", "Peter B-PER", "Blackburn I-PER"])
     run_ner.run(train, run_ner.TaggingConfig(data_dir=str(tmp_path), max_seq_length=64))
     (sq_cfg, sq_task), (ner_cfg, ner_task) = seen
     assert isinstance(sq_task, SpanExtraction) and sq_task.seq_len == 256 and sq_task.train_features is None
