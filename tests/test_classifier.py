@@ -443,6 +443,38 @@ def test_engine_reports_a_tasks_own_evaluation_and_checks_best_metric():
         loop.evaluate(None, {}, cfg.replace(best_metric="eval/f2"), task, None)
 
 
+def test_prediction_compiles_once_however_often_it_evaluates():
+    """Evaluation every N steps predicts dev again and again: the jitted prediction is kept per mesh."""
+    import jax
+
+    from bertgpt_jax import configs, sharding
+    from bertgpt_jax.tasks.classification import SequenceClassification
+
+    cfg = configs.get("bert-tiny").replace(vocab_size=64, max_position_embeddings=16, kernels="xla")
+    task = SequenceClassification(cfg, 2, 8)
+    mesh = sharding.make_mesh((-1, 1, 1))
+    params = task.fresh_params()
+    rng = np.random.default_rng(0)
+    feats = {**task.example_batch(12), "input_ids": rng.integers(0, 64, (12, 8)).astype(np.int32)}
+    first = task.predict(params, feats, 8, mesh)
+    compiles = []
+
+    def listener(name, seconds, **kwargs):
+        if "backend_compile" in name:
+            compiles.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        again = [task.predict(params, feats, 8, mesh) for _ in range(2)]
+        assert compiles == []
+        task.predict(params, feats, 16, mesh)  # another batch shape: compiled once (the listener hears it)
+        assert len(compiles) == 1
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    for logits in again:
+        np.testing.assert_array_equal(logits, first)
+
+
 def test_closing_evaluation_reuses_the_engines_of_the_same_parameters():
     from bertgpt_jax.tasks.finetuning import Evaluation
 

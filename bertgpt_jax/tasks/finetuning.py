@@ -246,7 +246,12 @@ class FinetuneTask(Task):
         n = len(next(iter(features.values())))
         if n == 0:
             raise ValueError("no examples to predict")
-        fn = jax.jit(self.outputs, out_shardings=sharding.replicated(mesh))
+        # One jitted function per mesh, kept: a fresh jax.jit of the bound method would compile again at
+        # every call, i.e. at every evaluation during training.
+        fns = self.__dict__.setdefault("_predict_fns", {})
+        if mesh not in fns:
+            fns[mesh] = jax.jit(self.outputs, out_shardings=sharding.replicated(mesh))
+        fn = fns[mesh]
         chunks = []
         from tqdm import tqdm
 
