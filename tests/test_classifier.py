@@ -399,6 +399,14 @@ def test_training_stream_resumes_exactly_and_eval_covers_every_example():
     real = np.concatenate([b["x"][b["is_real_example"] == 1] for b in batches])
     assert real.tolist() == list(range(10))
     assert num_train_steps(3668, 32, 3.0) == 343  # MRPC's train set, as the original counts
+    # The engine's sample of at most max_examples: fixed and spread over the whole split, never its head.
+    from bertgpt_jax import configs
+    from bertgpt_jax.tasks.classification import SequenceClassification
+
+    task = SequenceClassification(configs.get("bert-tiny"), 2, 4, eval_features={"label_ids": np.arange(10)})
+    sample = [b["label_ids"][b["is_real_example"] == 1] for b in task.eval_batches(4, 0, max_examples=5)]
+    assert np.concatenate(sample).tolist() == [0, 2, 4, 7, 9]
+    assert sum(len(b["label_ids"]) for b in task.eval_batches(4, 0)) == 12  # all 10, the last batch padded
 
 
 def test_compile_only_of_squad_and_ner_compiles_their_own_step(tmp_path, monkeypatch):
