@@ -70,7 +70,7 @@ def run(train: TrainConfig, tc: TaggingConfig) -> dict:
     labels = conll.label_list(train_sentences)
     if train.compile_only:  # the TPU's train step, compiled here: nothing tokenized, nothing trained
         return finetuning.compile_only(train, TokenClassification(model_cfg, len(labels), tc.max_seq_length),
-                                       tc.warmup_proportion)
+                                       tc.warmup_proportion, evaluate=tc.do_eval)
     finetuning.check_eval_every_steps(train, tc.do_train, tc.do_eval, "--do_eval (dev.txt)")
     feats = {}
 
