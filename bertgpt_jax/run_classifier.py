@@ -4,6 +4,10 @@ The original ``run_classifier.py`` workflow and flag names (``--task_name``, ``-
 ``--bert_config_file``, ``--init_checkpoint``, ``--do_train/--do_eval/--do_predict``, ``--num_train_epochs``,
 ``--warmup_proportion``, ...) on the sharded training engine. ``--init_checkpoint`` is a pretraining run's
 ``output_dir`` (``python -m bertgpt_jax.pretrain``) or an HF directory; the output layer starts fresh.
+``--compile_only --topology=v4-8`` compiles this run's train step for that TPU slice on this host and prints
+its memory/FLOPs report (``bertgpt_jax/training/aot.py``) instead of running: no checkpoint weights or data
+are read (only the vocabulary, and a generic task's training file for its labels when ``--labels`` is not
+given), and ``--num_train_steps`` stands for the run's length.
 
 Writes to ``--output_dir``: checkpoints and metrics.jsonl (the engine's), ``eval_results.txt`` (sorted
 ``key = value``: ``eval_accuracy``, ``eval_loss``, ``global_step``, ``loss`` and the task's metrics),
@@ -37,7 +41,9 @@ class ClassifierConfig:
                                     "qnli, rte, wnli, sts-b (regression), or generic (your own TSV/CSV/JSONL "
                                     "with named columns).", required=True)
     data_dir: str | None = setting(None, "Directory of the task's files (GLUE: train.tsv, dev.tsv, test.tsv; "
-                                   "generic: train/dev/test .tsv, .csv or .jsonl).", required=True)
+                                   "generic: train/dev/test .tsv, .csv or .jsonl). Required, except with "
+                                   "--compile_only for a task whose labels are known (GLUE, or generic with "
+                                   "--labels): that compiles the step without reading any data.")
     vocab_file: str | None = setting(None, "The vocabulary the model was trained with (default: the one in an HF "
                                      "--init_checkpoint directory).")
     do_lower_case: bool = setting(True, "Lower-case the input (uncased models); for a bare vocab.txt.")
@@ -98,9 +104,11 @@ def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
     from bertgpt_jax.tasks.finetuning import num_train_steps
     from bertgpt_jax.training import loop
 
-    if not (clf.do_train or clf.do_eval or clf.do_predict):
+    if not (clf.do_train or clf.do_eval or clf.do_predict or train.compile_only):
         raise ValueError("at least one of --do_train, --do_eval or --do_predict must be given")
-    if not os.path.isdir(clf.data_dir):
+    if clf.data_dir is None and not (train.compile_only and (clf.task_name.lower() != "generic" or clf.labels)):
+        raise ValueError("--data_dir is required: the directory of the task's files")
+    if clf.data_dir is not None and not os.path.isdir(clf.data_dir):
         raise FileNotFoundError(f"--data_dir {clf.data_dir} is not a directory")
     generic = dict(text_column=clf.text_column, text_pair_column=clf.text_pair_column,
                    label_column=clf.label_column, labels=clf.labels.split(",") if clf.labels else None,
@@ -118,17 +126,41 @@ def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
 
     tokenizer, model_cfg = finetuning.tokenizer_and_model(train, clf.vocab_file, clf.do_lower_case,
                                                           clf.max_seq_length)
+    if train.compile_only:  # the TPU's train step, compiled here: no features built, nothing trained
+        task = SequenceClassification(model_cfg, num_labels, clf.max_seq_length, layer_mix=clf.layer_mix,
+                                      freeze_encoder=clf.freeze_encoder)
+        return finetuning.compile_only(train, task, clf.warmup_proportion, evaluate=clf.do_eval)
 
     def features(split):
         examples = processor.get_examples(clf.data_dir, split)
         return examples, glue.convert_examples_to_features(examples, label_list, clf.max_seq_length, tokenizer,
                                                            regression=regression)
 
+    finetuning.check_eval_every_steps(train, clf.do_train, clf.do_eval, "--do_eval (the dev split)")
     train_examples, train_features = features(glue.TRAIN) if clf.do_train else (None, None)
     eval_examples, eval_features = features(glue.DEV) if clf.do_eval else (None, None)
+    mm_features = None
+    if clf.do_eval and clf.task_name.lower() == "mnli" and os.path.exists(os.path.join(clf.data_dir,
+                                                                                       "dev_mismatched.tsv")):
+        mm = glue.MnliMismatchedProcessor()
+        mm_features = glue.convert_examples_to_features(mm.get_examples(clf.data_dir, glue.DEV), label_list,
+                                                        clf.max_seq_length, tokenizer)
     task = SequenceClassification(model_cfg, num_labels, clf.max_seq_length, train_features, eval_features,
                                   layer_mix=clf.layer_mix, freeze_encoder=clf.freeze_encoder)
     mesh = sharding.make_mesh(train.mesh_shape)
+
+    def evaluate(params):
+        """The task's metric set on dev (and MNLI's mismatched dev as ``mm_...``), names without a prefix."""
+        logits = task.predict(params, eval_features, train.eval_batch_size, mesh)
+        out = _eval_metrics(task, processor, clf.task_name, logits, eval_features["label_ids"], prefix="")
+        if mm_features is not None:
+            mm_logits = task.predict(params, mm_features, train.eval_batch_size, mesh)
+            out.update(_eval_metrics(task, glue.MnliMismatchedProcessor(), "mnli-mm", mm_logits,
+                                     mm_features["label_ids"], prefix="mm_"))
+        return out, None
+
+    evaluation = finetuning.Evaluation(evaluate)
+    task.evaluator = evaluation
     result: dict = {}
     if clf.do_train:
         steps = num_train_steps(len(train_examples), train.train_batch_size, clf.num_train_epochs)
@@ -137,12 +169,11 @@ def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
         if steps <= 0:
             raise ValueError(f"{len(train_examples)} training examples / train_batch_size {train.train_batch_size} "
                              f"x num_train_epochs {clf.num_train_epochs} gives no training step")
-        warmup = int(steps * clf.warmup_proportion)
+        engine = finetuning.engine_config(train, steps, clf.warmup_proportion, evaluate=clf.do_eval)
         finetuning.say(f"[run_classifier] {clf.task_name}: {len(train_examples)} training examples, {num_labels} "
                f"{'output (regression)' if regression else 'labels'}; {steps} steps of {train.train_batch_size} "
-               f"({clf.num_train_epochs} epochs), {warmup} warmup")
-        result = loop.run(train.replace(do_train=True, do_eval=False, num_train_steps=steps,
-                                        num_warmup_steps=warmup), task)
+               f"({clf.num_train_epochs} epochs), {engine.num_warmup_steps} warmup")
+        result = loop.run(engine, task)
 
     if not (clf.do_eval or clf.do_predict or clf.export_hf):
         return {}
@@ -150,18 +181,10 @@ def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
 
     metrics: dict = {}
     if clf.do_eval:
-        logits = task.predict(params, eval_features, train.eval_batch_size, mesh)
-        metrics = _eval_metrics(task, processor, clf.task_name, logits, eval_features["label_ids"])
+        metrics = {f"eval_{k}": v for k, v in evaluation.final(params, result)[0].items()}
         metrics["global_step"] = int(step)
         metrics["loss"] = metrics["eval_loss"]
         metrics["eval_num_examples"] = len(eval_examples)
-        if clf.task_name.lower() == "mnli" and os.path.exists(os.path.join(clf.data_dir, "dev_mismatched.tsv")):
-            mm = glue.MnliMismatchedProcessor()
-            mm_examples = mm.get_examples(clf.data_dir, glue.DEV)
-            mm_features = glue.convert_examples_to_features(mm_examples, label_list, clf.max_seq_length, tokenizer)
-            mm_logits = task.predict(params, mm_features, train.eval_batch_size, mesh)
-            metrics.update(_eval_metrics(task, mm, "mnli-mm", mm_logits, mm_features["label_ids"],
-                                         prefix="eval_mm_"))
         if jax.process_index() == 0:
             os.makedirs(train.output_dir, exist_ok=True)
             finetuning.write_results(os.path.join(train.output_dir, "eval_results.txt"), metrics)

@@ -6,6 +6,9 @@ between sentences; BIO, IOB1 or IOBES tags). Each word's tag is predicted at its
 (entity level, as seqeval computes them), ``eval_accuracy`` (per word), ``eval_loss``, ``global_step``,
 ``loss``), ``eval_results.json``, ``eval_predictions.txt`` and ``test_predictions.txt`` (CoNLL format with the
 predicted tag as the last column) and, with ``--export_hf``, an HF ``BertForTokenClassification`` directory.
+``--compile_only --topology=v4-8`` compiles this run's train step for that TPU slice on this host and prints
+its memory/FLOPs report (``bertgpt_jax/training/aot.py``) instead of running: it reads train.txt for the tag
+set only (no tokenization) and no checkpoint weights, and ``--num_train_steps`` stands for the run's length.
 
     python -m bertgpt_jax.run_ner --data_dir=conll2003 --init_checkpoint=HF_BERT_DIR --do_train --do_eval \\
         --do_predict --output_dir=/tmp/ner
@@ -59,12 +62,16 @@ def run(train: TrainConfig, tc: TaggingConfig) -> dict:
     from bertgpt_jax.tasks.tagging import TokenClassification
     from bertgpt_jax.training import loop
 
-    if not (tc.do_train or tc.do_eval or tc.do_predict):
+    if not (tc.do_train or tc.do_eval or tc.do_predict or train.compile_only):
         raise ValueError("at least one of --do_train, --do_eval or --do_predict must be given")
     path = {k: os.path.join(tc.data_dir, v) for k, v in FILES.items()}
     tokenizer, model_cfg = finetuning.tokenizer_and_model(train, tc.vocab_file, tc.do_lower_case, tc.max_seq_length)
     train_sentences = conll.read_conll(path["train"])  # the tag set is the training file's, in every phase
     labels = conll.label_list(train_sentences)
+    if train.compile_only:  # the TPU's train step, compiled here: nothing tokenized, nothing trained
+        return finetuning.compile_only(train, TokenClassification(model_cfg, len(labels), tc.max_seq_length),
+                                       tc.warmup_proportion, evaluate=tc.do_eval)
+    finetuning.check_eval_every_steps(train, tc.do_train, tc.do_eval, "--do_eval (dev.txt)")
     feats = {}
 
     def load(split):
@@ -77,16 +84,38 @@ def run(train: TrainConfig, tc: TaggingConfig) -> dict:
     if tc.do_eval:
         feats["dev"] = load("dev")
     task = TokenClassification(model_cfg, len(labels), tc.max_seq_length,
-                               feats["train"][1] if tc.do_train else None)
+                               feats["train"][1] if tc.do_train else None,
+                               feats["dev"][1] if tc.do_eval else None)
     mesh = sharding.make_mesh(train.mesh_shape)
+
+    def evaluate(params):
+        """Entity-level precision/recall/F1 (seqeval's), per-word accuracy and the loss on dev.txt; and the
+        predicted tags, for eval_predictions.txt."""
+        import numpy as np
+
+        sentences, f = feats["dev"]
+        logits = task.predict(params, f, train.eval_batch_size, mesh)
+        pred = conll.predicted_tags(sentences, f, logits, labels)
+        out = tagging.entity_scores([s.tags for s in sentences], pred)
+        w = f["label_weights"]
+        z = logits - logits.max(-1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+        nll = -np.take_along_axis(logp, f["label_ids"][..., None], -1)[..., 0]
+        out["loss"] = float((nll * w).sum() / max(w.sum(), 1.0))
+        return out, pred
+
+    evaluation = finetuning.Evaluation(evaluate)
+    task.evaluator = evaluation
+    result: dict = {}
     if tc.do_train:
         steps = finetuning.num_train_steps(len(train_sentences), train.train_batch_size, tc.num_train_epochs)
         if steps <= 0:
             raise ValueError(f"{len(train_sentences)} sentences / train_batch_size {train.train_batch_size} x "
                              f"num_train_epochs {tc.num_train_epochs} gives no training step")
-        warmup = int(steps * tc.warmup_proportion)
-        finetuning.say(f"[run_ner] {len(train_sentences)} training sentences, tags {labels}; {steps} steps, {warmup} warmup")
-        loop.run(train.replace(do_train=True, do_eval=False, num_train_steps=steps, num_warmup_steps=warmup), task)
+        engine = finetuning.engine_config(train, steps, tc.warmup_proportion, evaluate=tc.do_eval)
+        finetuning.say(f"[run_ner] {len(train_sentences)} training sentences, tags {labels}; {steps} steps, "
+                       f"{engine.num_warmup_steps} warmup")
+        result = loop.run(engine, task)
     if not (tc.do_eval or tc.do_predict or tc.export_hf):
         return {}
     params, step = finetuning.run_params(task, train.output_dir, train.init_checkpoint, mesh)
@@ -95,24 +124,15 @@ def run(train: TrainConfig, tc: TaggingConfig) -> dict:
     if main:
         os.makedirs(train.output_dir, exist_ok=True)
     if tc.do_eval:
-        import numpy as np
-
-        sentences, f = feats["dev"]
-        logits = task.predict(params, {k: v for k, v in f.items()}, train.eval_batch_size, mesh)
-        pred = conll.predicted_tags(sentences, f, logits, labels)
-        metrics = {f"eval_{k}": v for k, v in tagging.entity_scores([s.tags for s in sentences], pred).items()}
-        w = f["label_weights"]
-        z = logits - logits.max(-1, keepdims=True)
-        logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
-        nll = -np.take_along_axis(logp, f["label_ids"][..., None], -1)[..., 0]
-        metrics["eval_loss"] = float((nll * w).sum() / max(w.sum(), 1.0))
+        scores, pred = evaluation.final(params, result)
+        metrics = {f"eval_{k}": v for k, v in scores.items()}
         metrics["loss"] = metrics["eval_loss"]
         metrics["global_step"] = int(step)
         if main:
             finetuning.write_results(os.path.join(train.output_dir, "eval_results.txt"), metrics)
             with open(os.path.join(train.output_dir, "eval_results.json"), "w", encoding="utf-8") as fh:
                 json.dump(metrics, fh, indent=2, sort_keys=True)
-            conll.write_conll(os.path.join(train.output_dir, "eval_predictions.txt"), sentences, pred)
+            conll.write_conll(os.path.join(train.output_dir, "eval_predictions.txt"), feats["dev"][0], pred)
         finetuning.say("[run_ner] eval: " + ", ".join(f"{k} = {v:.4f}" for k, v in sorted(metrics.items())))
     if tc.do_predict:
         sentences = conll.read_conll(path["test"], with_tags=False)

@@ -5,6 +5,9 @@ character offsets, WordPiece alignment, sliding windows ``--doc_stride`` apart, 
 spans mapped back onto the original text, v2.0 null answers) on the sharded training engine. Writes
 ``predictions.json``, ``nbest_predictions.json``, ``null_odds.json`` (v2.0) and, when ``--predict_file`` has
 answers, ``eval_results.json`` from the official evaluation (``bertgpt_jax/evaluation/squad.py``).
+``--compile_only --topology=v4-8`` compiles this run's train step for that TPU slice on this host and prints
+its memory/FLOPs report (``bertgpt_jax/training/aot.py``) instead of running; it reads no data and no
+checkpoint weights (only the vocabulary, when given), and ``--num_train_steps`` stands for the run's length.
 
     python -m bertgpt_jax.run_squad --init_checkpoint=HF_BERT_DIR --do_train --train_file=train-v1.1.json \\
         --do_predict --predict_file=dev-v1.1.json --train_batch_size=12 --learning_rate=3e-5 \\
@@ -66,7 +69,7 @@ def run(train: TrainConfig, sq: SquadConfig) -> dict:
     from bertgpt_jax.tasks.spans import SpanExtraction
     from bertgpt_jax.training import loop
 
-    if not (sq.do_train or sq.do_predict):
+    if not (sq.do_train or sq.do_predict or train.compile_only):
         raise ValueError("at least one of --do_train or --do_predict must be given")
     if sq.do_train and not sq.train_file:
         raise ValueError("--do_train needs --train_file")
@@ -77,13 +80,44 @@ def run(train: TrainConfig, sq: SquadConfig) -> dict:
                          "+ 3 ([CLS] and two [SEP]), or no context token fits in a window")
     tokenizer, model_cfg = finetuning.tokenizer_and_model(train, sq.vocab_file, sq.do_lower_case,
                                                           sq.max_seq_length)
+    if train.compile_only:  # the TPU's train step, compiled here: no data read, nothing trained
+        return finetuning.compile_only(train, SpanExtraction(model_cfg, sq.max_seq_length), sq.warmup_proportion)
     window = dict(max_seq_length=sq.max_seq_length, doc_stride=sq.doc_stride, max_query_length=sq.max_query_length)
     train_features = None
     if sq.do_train:
         train_examples = squad.read_squad_examples(sq.train_file, True, sq.version_2_with_negative)
         train_features = squad.convert_examples_to_features(train_examples, tokenizer, is_training=True, **window)
-    task = SpanExtraction(model_cfg, sq.max_seq_length, None if train_features is None else train_features.arrays)
+    has_answers = False
+    if sq.do_predict:
+        examples = squad.read_squad_examples(sq.predict_file, False, sq.version_2_with_negative)
+        features = squad.convert_examples_to_features(examples, tokenizer, is_training=False, **window)
+        with open(sq.predict_file, encoding="utf-8") as f:
+            data = json.load(f)["data"]
+        has_answers = any(qa.get("answers") for a in data for p in a["paragraphs"] for qa in p["qas"])
+    finetuning.check_eval_every_steps(train, sq.do_train, has_answers,
+                                      "--do_predict with a --predict_file that has answers")
+    task = SpanExtraction(model_cfg, sq.max_seq_length, None if train_features is None else train_features.arrays,
+                          features.arrays if has_answers else None)
     mesh = sharding.make_mesh(train.mesh_shape)
+
+    def evaluate(params):
+        """The official evaluation's figures (exact match, F1; v2.0's with and without answers) on
+        --predict_file, after the original's span decoding; and the predictions, for the files."""
+        start_logits, end_logits = task.predict(params, features.arrays, sq.predict_batch_size, mesh)
+        preds, nbest, odds = squad.write_predictions(
+            examples, features, np.asarray(start_logits), np.asarray(end_logits), n_best_size=sq.n_best_size,
+            max_answer_length=sq.max_answer_length, do_lower_case=sq.do_lower_case,
+            version_2_with_negative=sq.version_2_with_negative,
+            null_score_diff_threshold=sq.null_score_diff_threshold, id_to_token=tokenizer.id_to_token)
+        scores = {}
+        if has_answers:
+            scores = (squad_eval.evaluate_v2(data, preds, odds) if sq.version_2_with_negative
+                      else squad_eval.evaluate_v1(data, preds))
+        return scores, (preds, nbest, odds)
+
+    evaluation = finetuning.Evaluation(evaluate)
+    task.evaluator = evaluation
+    result: dict = {}
     if sq.do_train:
         steps = finetuning.num_train_steps(len(train_examples), train.train_batch_size, sq.num_train_epochs)
         if F.is_parsed() and "num_train_steps" in F and F["num_train_steps"].present:
@@ -91,23 +125,16 @@ def run(train: TrainConfig, sq: SquadConfig) -> dict:
         if steps <= 0:
             raise ValueError(f"{len(train_examples)} training questions / train_batch_size {train.train_batch_size} "
                              f"x num_train_epochs {sq.num_train_epochs} gives no training step")
-        warmup = int(steps * sq.warmup_proportion)
+        engine = finetuning.engine_config(train, steps, sq.warmup_proportion, evaluate=has_answers)
         finetuning.say(f"[run_squad] {len(train_examples)} training questions, {len(train_features.example_index)} windows; "
-               f"{steps} steps of {train.train_batch_size}, {warmup} warmup")
-        loop.run(train.replace(do_train=True, do_eval=False, num_train_steps=steps, num_warmup_steps=warmup), task)
+               f"{steps} steps of {train.train_batch_size}, {engine.num_warmup_steps} warmup")
+        result = loop.run(engine, task)
     if not (sq.do_predict or sq.export_hf):
         return {}
     params, step = finetuning.run_params(task, train.output_dir, train.init_checkpoint, mesh)
     results: dict = {}
     if sq.do_predict:
-        examples = squad.read_squad_examples(sq.predict_file, False, sq.version_2_with_negative)
-        features = squad.convert_examples_to_features(examples, tokenizer, is_training=False, **window)
-        start_logits, end_logits = task.predict(params, features.arrays, sq.predict_batch_size, mesh)
-        preds, nbest, odds = squad.write_predictions(
-            examples, features, np.asarray(start_logits), np.asarray(end_logits), n_best_size=sq.n_best_size,
-            max_answer_length=sq.max_answer_length, do_lower_case=sq.do_lower_case,
-            version_2_with_negative=sq.version_2_with_negative,
-            null_score_diff_threshold=sq.null_score_diff_threshold, id_to_token=tokenizer.id_to_token)
+        scores, (preds, nbest, odds) = evaluation.final(params, result)
         if jax.process_index() == 0:
             os.makedirs(train.output_dir, exist_ok=True)
             files = {"predictions.json": preds, "nbest_predictions.json": nbest}
@@ -116,13 +143,8 @@ def run(train: TrainConfig, sq: SquadConfig) -> dict:
             for name, obj in files.items():
                 with open(os.path.join(train.output_dir, name), "w", encoding="utf-8") as f:
                     json.dump(obj, f, indent=2)
-            with open(sq.predict_file, encoding="utf-8") as f:
-                data = json.load(f)["data"]
-            has_answers = any(qa.get("answers") for a in data for p in a["paragraphs"] for qa in p["qas"])
             if has_answers:
-                results = (squad_eval.evaluate_v2(data, preds, odds) if sq.version_2_with_negative
-                           else squad_eval.evaluate_v1(data, preds))
-                results["global_step"] = int(step)
+                results = {**scores, "global_step": int(step)}
                 with open(os.path.join(train.output_dir, "eval_results.json"), "w", encoding="utf-8") as f:
                     json.dump(results, f, indent=2, sort_keys=True)
         finetuning.say(f"[run_squad] {len(preds)} predictions in {train.output_dir}/predictions.json"

@@ -318,7 +318,8 @@ def test_run_classifier_cli_learns_which_document_a_sentence_is_from(minilm_dir,
            "--text_column=sentence", "--label_column=topic", f"--init_checkpoint={init}", "--do_train",
            "--do_eval", "--do_predict", "--max_seq_length=32", "--train_batch_size=16", "--eval_batch_size=8",
            "--learning_rate=5e-4", "--num_train_epochs=4", f"--output_dir={out}", f"--export_hf={hf_out}",
-           "--noprogress_bar", "--notensorboard", "--noplot", "--kernels=xla", "--log_every_steps=5"]
+           "--noprogress_bar", "--notensorboard", "--noplot", "--kernels=xla", "--log_every_steps=5",
+           "--eval_every_steps=10", "--best_metric=eval/accuracy", "--best_mode=max"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "the output layer (classifier) is freshly initialised" in proc.stdout
@@ -333,6 +334,18 @@ def test_run_classifier_cli_learns_which_document_a_sentence_is_from(minilm_dir,
     assert float(results["eval_accuracy"]) >= 0.55, results
     assert float(results["eval_loss"]) <= 0.95, results
     assert json.load(open(os.path.join(out, "eval_results.json")))["eval_accuracy"] == float(results["eval_accuracy"])
+    # --eval_every_steps=10: the task's own metrics (GLUE's, from every dev example) during training; the
+    # closing evaluation is the engine's of step 30, not a second pass, and the best step's weights are kept.
+    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    evals = {r["step"]: r for r in records if "eval/accuracy" in r}
+    assert sorted(evals) == [10, 20, 30], sorted(evals)
+    assert {"eval/loss", "eval/accuracy"} <= set(evals[30]) and "eval/f1" not in evals[30]  # 3 labels: no F1
+    assert evals[30]["eval/accuracy"] == pytest.approx(float(results["eval_accuracy"]), abs=1e-12)
+    assert evals[30]["eval/loss"] == pytest.approx(float(results["eval_loss"]), abs=1e-12)
+    assert evals[10]["eval/accuracy"] < evals[30]["eval/accuracy"] or evals[10]["eval/loss"] > evals[30]["eval/loss"]
+    (kept,) = os.listdir(os.path.join(out, "best_checkpoint"))
+    assert evals[int(kept)]["eval/accuracy"] == max(r["eval/accuracy"] for r in evals.values())
+    assert "eval at step 30" in proc.stdout
     probs = np.loadtxt(os.path.join(out, "test_results.tsv"), delimiter="\t")
     assert probs.shape == (9, 3) and np.allclose(probs.sum(1), 1.0, atol=1e-6)
     # The exported BertForSequenceClassification gives the same probabilities in PyTorch.
@@ -357,6 +370,8 @@ def test_run_classifier_errors(minilm_dir, tmp_path):
                                           label_column="topic")
     with pytest.raises(ValueError, match="at least one of --do_train, --do_eval or --do_predict"):
         run_classifier.run(train, clf)
+    with pytest.raises(ValueError, match="--eval_every_steps=5 evaluates during training and needs --do_eval"):
+        run_classifier.run(train.replace(eval_every_steps=5), dataclasses.replace(clf, do_train=True))
     config = json.load(open(os.path.join(minilm_dir, "config.json")))
     _write(str(tmp_path / "small_vocab.json"), [json.dumps({**config, "vocab_size": 30000})])
     with pytest.raises(ValueError, match=r"the vocabulary \(30522 tokens\) differs from the model's vocab_size 30000"):
@@ -384,6 +399,107 @@ def test_training_stream_resumes_exactly_and_eval_covers_every_example():
     real = np.concatenate([b["x"][b["is_real_example"] == 1] for b in batches])
     assert real.tolist() == list(range(10))
     assert num_train_steps(3668, 32, 3.0) == 343  # MRPC's train set, as the original counts
+    # The engine's sample of at most max_examples: fixed and spread over the whole split, never its head.
+    from bertgpt_jax import configs
+    from bertgpt_jax.tasks.classification import SequenceClassification
+
+    task = SequenceClassification(configs.get("bert-tiny"), 2, 4, eval_features={"label_ids": np.arange(10)})
+    sample = [b["label_ids"][b["is_real_example"] == 1] for b in task.eval_batches(4, 0, max_examples=5)]
+    assert np.concatenate(sample).tolist() == [0, 2, 4, 7, 9]
+    assert sum(len(b["label_ids"]) for b in task.eval_batches(4, 0)) == 12  # all 10, the last batch padded
+
+
+def test_compile_only_of_squad_and_ner_compiles_their_own_step(tmp_path, monkeypatch):
+    """run_squad and run_ner hand aot their span / tagging task at the run's settings, reading no examples
+    (run_ner reads train.txt's tag set only); the compile itself is the classifier test's."""
+    from bertgpt_jax import run_ner, run_squad
+    from bertgpt_jax.tasks.spans import SpanExtraction
+    from bertgpt_jax.tasks.tagging import TokenClassification
+    from bertgpt_jax.training import TrainConfig, aot
+
+    seen = []
+    monkeypatch.setattr(aot, "compile_only", lambda cfg, task: seen.append((cfg, task)) or {"stopped_by": "x"})
+    train = TrainConfig(output_dir=str(tmp_path / "out"), model="bert-tiny", train_batch_size=48,
+                        grad_accum_steps=3, dtype="bfloat16", compile_only=True, topology="v4-8", num_train_steps=77)
+    run_squad.run(train, run_squad.SquadConfig(max_seq_length=256, train_file="/nonexistent.json"))
+    _write(str(tmp_path / "train.txt"),
+           ["EU B-ORG", "rejects O", "German B-MISC", "", "Peter B-PER", "Blackburn I-PER"])
+    run_ner.run(train, run_ner.TaggingConfig(data_dir=str(tmp_path), max_seq_length=64))
+    (sq_cfg, sq_task), (ner_cfg, ner_task) = seen
+    assert isinstance(sq_task, SpanExtraction) and sq_task.seq_len == 256 and sq_task.train_features is None
+    assert isinstance(ner_task, TokenClassification) and ner_task.seq_len == 64
+    assert ner_task.num_labels == 5  # B-MISC, B-ORG, B-PER, I-PER, O
+    for cfg, task in seen:
+        assert (cfg.train_batch_size, cfg.grad_accum_steps, cfg.num_train_steps, cfg.num_warmup_steps) == (48, 3, 77, 7)
+        assert cfg.do_train and task.model_cfg.kernels == "xla" and task.model_cfg.dtype == "bfloat16"
+        assert task.model_cfg.vocab_size == 30522  # the preset's own, with no vocabulary given
+    assert not (tmp_path / "out").exists()
+
+
+def test_engine_reports_a_tasks_own_evaluation_and_checks_best_metric():
+    from bertgpt_jax import configs
+    from bertgpt_jax.tasks.classification import SequenceClassification
+    from bertgpt_jax.tasks.finetuning import Evaluation
+    from bertgpt_jax.training import TrainConfig, loop
+
+    task = SequenceClassification(configs.get("bert-tiny"), 2, 16)  # no features: only its evaluation is asked
+    task.evaluator = Evaluation(lambda params: ({"f1": np.float64(0.5), "accuracy": 0.75, "n": "text"}, None))
+    cfg = TrainConfig(output_dir="/tmp/unused", model="bert-tiny", best_metric="eval/f1")
+    assert loop.evaluate(None, {}, cfg, task, None) == {"eval/f1": 0.5, "eval/accuracy": 0.75}
+    with pytest.raises(ValueError, match=r"--best_metric eval/f2 is not one of this task's eval metrics "
+                                         r"\(eval/accuracy, eval/f1\)"):
+        loop.evaluate(None, {}, cfg.replace(best_metric="eval/f2"), task, None)
+
+
+def test_prediction_compiles_once_however_often_it_evaluates():
+    """Evaluation every N steps predicts dev again and again: the jitted prediction is kept per mesh."""
+    import jax
+
+    from bertgpt_jax import configs, sharding
+    from bertgpt_jax.tasks.classification import SequenceClassification
+
+    cfg = configs.get("bert-tiny").replace(vocab_size=64, max_position_embeddings=16, kernels="xla")
+    task = SequenceClassification(cfg, 2, 8)
+    mesh = sharding.make_mesh((-1, 1, 1))
+    params = task.fresh_params()
+    rng = np.random.default_rng(0)
+    feats = {**task.example_batch(12), "input_ids": rng.integers(0, 64, (12, 8)).astype(np.int32)}
+    first = task.predict(params, feats, 8, mesh)
+    compiles = []
+
+    def listener(name, seconds, **kwargs):
+        if "backend_compile" in name:
+            compiles.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        again = [task.predict(params, feats, 8, mesh) for _ in range(2)]
+        assert compiles == []
+        task.predict(params, feats, 16, mesh)  # another batch shape: compiled once (the listener hears it)
+        assert len(compiles) == 1
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    for logits in again:
+        np.testing.assert_array_equal(logits, first)
+
+
+def test_closing_evaluation_reuses_the_engines_of_the_same_parameters():
+    from bertgpt_jax.tasks.finetuning import Evaluation
+
+    calls = []
+
+    def fn(params):
+        calls.append(params)
+        return {"accuracy": 0.5 + len(calls) / 8, "loss": np.float32(0.25), "label": "not a figure"}, params
+
+    evaluation = Evaluation(fn)
+    assert evaluation("p1") == {"accuracy": 0.625, "loss": 0.25}  # what the engine records
+    engine = {"stopped_by": "end", "eval/accuracy": 0.625, "eval/loss": 0.25, "train/loss": 1.0}
+    assert evaluation.final("p1", engine)[1] == "p1" and calls == ["p1"]  # reused: no second pass
+    # Another evaluation than the engine's last, a run stopped by SIGTERM, or no engine run: computed anew.
+    assert evaluation.final("p2", {**engine, "eval/accuracy": 0.75})[1] == "p2"
+    assert evaluation.final("p3", {**engine, "stopped_by": "sigterm"})[1] == "p3"
+    assert evaluation.final("p4", {})[1] == "p4" and calls == ["p1", "p2", "p3", "p4"]
 
 
 def test_sts_b_regression_eval_and_predict(minilm_dir, tmp_path):
@@ -415,3 +531,42 @@ def test_sts_b_regression_eval_and_predict(minilm_dir, tmp_path):
     assert metrics["eval_loss"] == pytest.approx(np.mean((scores - labels) ** 2), rel=1e-5)
     assert metrics["eval_pearson"] == pytest.approx(stats.pearsonr(scores, labels)[0], abs=1e-5)
     assert metrics["eval_spearman"] == pytest.approx(stats.spearmanr(scores, labels)[0], abs=1e-5)
+
+
+# ---- --compile_only: the fine-tuning step compiled for a TPU slice ---------------------------------------
+
+
+def test_compile_only_compiles_the_classifier_step_for_a_tpu_slice(tmp_path, capsys):
+    """The step compiled is the classifier's (encoder without pretraining heads + a 2-way output layer), on
+    the run's mesh and batch; nothing is trained or written. An oversized batch exits 2 naming what to change."""
+    from bertgpt_jax import run_classifier
+    from bertgpt_jax.training import TrainConfig
+
+    out = tmp_path / "out"
+    train = TrainConfig(output_dir=str(out), model="bert-tiny", train_batch_size=32, dtype="bfloat16",
+                        compile_only=True, topology="v5litepod-4")
+    result = run_classifier.run(train, run_classifier.ClassifierConfig(task_name="MRPC", max_seq_length=128))
+    report = result["compile_report"]
+    H, L, I, V, P, C = 128, 2, 512, 30522, 512, 2  # bert-tiny; MRPC's two labels
+    encoder = V * H + P * H + 2 * H + 2 * H + L * (4 * (H * H + H) + 2 * H + H * I + I + I * H + H + 2 * H)
+    n_params = encoder + H * H + H + H * C + C  # + pooler + classifier (no MLM/NSP heads)
+    assert report["params"] == n_params == 4_386_178
+    # Pure data parallelism over 4 chips: every chip holds all fp32 parameters and AdamW's two moments.
+    assert (report["chips"], report["mesh"]) == (4, {"data": 4, "fsdp": 1, "tensor": 1})
+    assert report["param_bytes"] == 4 * n_params
+    assert abs(report["opt_state_bytes"] - 2 * 4 * n_params) <= 64
+    assert report["tokens_per_step"] == 32 * 128 and report["fits"]
+    assert report["peak_bytes"] >= report["argument_bytes"] >= report["param_bytes"] + report["opt_state_bytes"]
+    assert result["stopped_by"] == "compile_only"
+    assert "compiled train step of bert-tiny for v5litepod-4" in capsys.readouterr().out
+    assert not out.exists()  # no checkpoint, no metrics
+
+    env = dict(os.environ, PYTHONPATH=ROOT, BERTGPT_JAX_NO_HUGE_PAGES="1", XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "bertgpt_jax.run_classifier", "--task_name=MRPC",
+                           "--model=bert-tiny", "--compile_only", "--topology=v5litepod-4", f"--output_dir={out}",
+                           "--train_batch_size=8192", "--max_seq_length=512"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "the train step of bert-tiny does not fit v5litepod-4" in proc.stderr
+    assert "--grad_accum_steps=2 (microbatch 1024 per chip" in proc.stderr
+    assert not out.exists()

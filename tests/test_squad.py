@@ -173,7 +173,8 @@ def test_run_squad_learns_to_find_the_span(minilm_dir, tmp_path):
     out = str(tmp_path / "out")
     train = TrainConfig(output_dir=out, model=os.path.join(init, "config.json"), init_checkpoint=init,
                         train_batch_size=16, learning_rate=5e-4, progress_bar=False, tensorboard=False, plot=False,
-                        kernels="xla", log_every_steps=10)
+                        kernels="xla", log_every_steps=10, eval_every_steps=10, best_metric="eval/f1",
+                        best_mode="max")
     sq = run_squad.SquadConfig(train_file=str(tmp_path / "train.json"), predict_file=str(tmp_path / "dev.json"),
                                do_train=True, do_predict=True, max_seq_length=64, doc_stride=32,
                                max_query_length=8, num_train_epochs=2.0)
@@ -185,6 +186,13 @@ def test_run_squad_learns_to_find_the_span(minilm_dir, tmp_path):
     preds = json.load(open(os.path.join(out, "predictions.json")))
     nbest = json.load(open(os.path.join(out, "nbest_predictions.json")))
     assert len(preds) == 40 and set(nbest) == set(preds) and len(nbest["q0"]) <= 20
+    # --eval_every_steps=10: the official EM/F1 on the predict file during training; the closing figures are
+    # the engine's evaluation of step 20, and the best step's weights are kept.
+    evals = {r["step"]: r for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "eval/f1" in r}
+    assert sorted(evals) == [10, 20]
+    assert (evals[20]["eval/exact_match"], evals[20]["eval/f1"]) == (results["exact_match"], results["f1"])
+    (kept,) = os.listdir(os.path.join(out, "best_checkpoint"))
+    assert evals[int(kept)]["eval/f1"] == max(evals[10]["eval/f1"], evals[20]["eval/f1"])
 
 
 def test_basic_tokenize_matches_the_bert_normalizer_and_pre_tokenizer():

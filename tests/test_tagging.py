@@ -3,6 +3,7 @@ written back in CoNLL format, and run_ner learning to tag real text."""
 
 from __future__ import annotations
 
+import json
 import keyword
 import os
 import random
@@ -87,9 +88,16 @@ def _keyword_conll(path: str, sentences: list[str]) -> None:
             f.write("\n")
 
 
-def test_run_ner_learns_to_tag_real_text(minilm_dir, tmp_path):
+def test_run_ner_learns_to_tag_real_text(minilm_dir, tmp_path, monkeypatch):
     from bertgpt_jax import run_ner
+    from bertgpt_jax.tasks.tagging import TokenClassification
     from bertgpt_jax.training import TrainConfig
+
+    predicted = []
+    predict = TokenClassification.predict
+    monkeypatch.setattr(TokenClassification, "predict",
+                        lambda self, params, features, *a: predicted.append(len(features["input_ids"]))
+                        or predict(self, params, features, *a))
 
     kw = set(keyword.kwlist)
     sents = [s for d in _documents() for s in d
@@ -105,13 +113,23 @@ def test_run_ner_learns_to_tag_real_text(minilm_dir, tmp_path):
     out = str(tmp_path / "out")
     train = TrainConfig(output_dir=out, model=os.path.join(init, "config.json"), init_checkpoint=init,
                         train_batch_size=16, eval_batch_size=8, learning_rate=5e-4, progress_bar=False,
-                        tensorboard=False, plot=False, kernels="xla", log_every_steps=10)
+                        tensorboard=False, plot=False, kernels="xla", log_every_steps=10, eval_every_steps=10,
+                        best_metric="eval/f1", best_mode="max")
     metrics = run_ner.run(train, run_ner.TaggingConfig(data_dir=str(data), max_seq_length=48, do_train=True,
                                                        do_eval=True, do_predict=True, num_train_epochs=2.0))
     print("keyword tagging:", metrics)
     assert metrics["global_step"] == 20
     # Predicting O everywhere scores entity F1 0; measured: F1 0.91 (P 0.92, R 0.89), word accuracy 0.97.
     assert metrics["eval_f1"] >= 0.6, metrics
+    # --eval_every_steps=10: entity F1 on all of dev.txt at steps 10 and 20; the closing figures are step 20's
+    # evaluation (dev predicted twice, test once: no third pass over dev), the best step's weights kept.
+    evals = {r["step"]: r for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "eval/f1" in r}
+    assert sorted(evals) == [10, 20]
+    for k in ("f1", "precision", "recall", "accuracy", "loss"):
+        assert evals[20][f"eval/{k}"] == pytest.approx(metrics[f"eval_{k}"], abs=1e-12)
+    assert predicted == [40, 40, 1]
+    (kept,) = os.listdir(os.path.join(out, "best_checkpoint"))
+    assert evals[int(kept)]["eval/f1"] == max(evals[10]["eval/f1"], evals[20]["eval/f1"])
     lines = open(os.path.join(out, "eval_predictions.txt")).read().split("\n\n")
     assert len([s for s in lines if s.strip()]) == 40
     assert all(len(line.split()) == 3 for line in lines[0].splitlines())

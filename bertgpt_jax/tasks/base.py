@@ -108,6 +108,12 @@ class Task(abc.ABC):
         """A fresh iterator over the evaluation examples (the same batches at every evaluation): all of them, or
         a fixed sample of ``max_examples`` spread over the whole split."""
 
+    def evaluate(self, params: Any, mesh: jax.sharding.Mesh) -> dict[str, float] | None:
+        """The task's own evaluation of ``params`` (metric names without ``eval/``), for metrics that are no
+        sums over batches (F1 over entities, SQuAD's exact match after span decoding). None, the default:
+        the engine sums ``loss_sums`` over ``eval_batches`` and calls ``summarize``."""
+        return None
+
     def check(self) -> None:
         """Raises ``ValueError`` on settings that cannot work, before any compilation."""
 

@@ -107,6 +107,8 @@ class FinetuneTask(Task):
             raise ValueError(f"fine-tuning needs a BERT model config, got model_type {model_cfg.model_type!r}")
         super().__init__(model_cfg, model, seq_len)
         self.train_features, self.eval_features = train_features, eval_features
+        #: the CLI's evaluation (an :class:`Evaluation`): what the engine reports every eval_every_steps
+        self.evaluator: Evaluation | None = None
 
     def check(self) -> None:
         configs.check_positions(self.seq_len, self.model_cfg.max_position_embeddings, "max_seq_length")
@@ -217,10 +219,18 @@ class FinetuneTask(Task):
         keys = self.example_batch(1).keys()  # the compiled step's inputs (no is_real_example)
         return ArrayBatches({k: self.train_features[k] for k in keys}, global_batch_size, seed=seed)
 
-    def eval_batches(self, global_batch_size: int, seed: int) -> Iterator[Batch]:
+    def eval_batches(self, global_batch_size: int, seed: int, max_examples: int | None = None) -> Iterator[Batch]:
         if self.eval_features is None:
             raise ValueError("this task has no evaluation features")
-        return padded_batches(self.eval_features, global_batch_size)
+        features = self.eval_features
+        n = len(next(iter(features.values())))
+        if max_examples is not None and n > max_examples:  # a fixed sample spread over the whole split
+            rows = np.unique(np.linspace(0, n - 1, max_examples).round().astype(np.int64))
+            features = {k: v[rows] for k, v in features.items()}
+        return padded_batches(features, global_batch_size)
+
+    def evaluate(self, params: Any, mesh: jax.sharding.Mesh) -> dict[str, float] | None:
+        return None if self.evaluator is None else self.evaluator(params)
 
     # ---- prediction ------------------------------------------------------------------------------------
 
@@ -236,7 +246,12 @@ class FinetuneTask(Task):
         n = len(next(iter(features.values())))
         if n == 0:
             raise ValueError("no examples to predict")
-        fn = jax.jit(self.outputs, out_shardings=sharding.replicated(mesh))
+        # One jitted function per mesh, kept: a fresh jax.jit of the bound method would compile again at
+        # every call, i.e. at every evaluation during training.
+        fns = self.__dict__.setdefault("_predict_fns", {})
+        if mesh not in fns:
+            fns[mesh] = jax.jit(self.outputs, out_shardings=sharding.replicated(mesh))
+        fn = fns[mesh]
         chunks = []
         from tqdm import tqdm
 
@@ -250,6 +265,34 @@ class FinetuneTask(Task):
 
     def flops_per_token(self) -> float:
         return models.flops_per_token(self.model_cfg, self.seq_len, 0, heads_only=False)
+
+
+class Evaluation:
+    """A fine-tuning CLI's evaluation: ``fn(params) -> (metrics, outputs)``, the task's own metric set (names
+    without a prefix) and what the CLI writes from the predictions. The engine calls it every
+    ``--eval_every_steps`` and at the end; the CLI's closing evaluation takes the engine's of the same final
+    parameters (:meth:`final`) instead of predicting the split again."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.last: tuple[dict, Any] | None = None
+
+    def __call__(self, params: Any) -> dict:
+        self.last = self.fn(params)
+        return _numeric(self.last[0])
+
+    def final(self, params: Any, loop_result: dict | None) -> tuple[dict, Any]:
+        """``(metrics, outputs)`` of the final parameters: the engine's closing evaluation when it made one
+        (its ``eval/`` figures are this evaluation's), else computed now."""
+        if self.last is not None and loop_result and loop_result.get("stopped_by") == "end":
+            engine = {k[len("eval/"):]: v for k, v in loop_result.items() if k.startswith("eval/")}
+            if engine and engine == _numeric(self.last[0]):
+                return self.last
+        return self.fn(params)
+
+
+def _numeric(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, np.number))}
 
 
 def _say(line: str) -> None:
@@ -288,15 +331,54 @@ def fit_model_vocab(model_cfg: configs.ModelConfig, model_name: str, tokenizer) 
 def tokenizer_and_model(train: Any, vocab_file: str | None, do_lower_case: bool,
                         max_seq_length: int) -> tuple[Any, configs.ModelConfig]:
     """The tokenizer and the model config a fine-tuning CLI runs (``train`` its TrainConfig): the vocabulary
-    fitted as :func:`fit_model_vocab` does, and ``max_seq_length`` checked against the position table."""
+    fitted as :func:`fit_model_vocab` does, and ``max_seq_length`` checked against the position table.
+
+    With ``--compile_only`` the kernels are TPU's and the vocabulary is optional: a preset keeps its own
+    ``vocab_size`` when none is given (the tokenizer is then None)."""
     from bertgpt_jax.training import config
 
-    tokenizer = tokenizer_for(vocab_file, train.init_checkpoint, do_lower_case)
-    model_cfg = fit_model_vocab(config.model_config(train), train.model, tokenizer)
+    platform = "tpu" if train.compile_only else None
+    try:
+        tokenizer = tokenizer_for(vocab_file, train.init_checkpoint, do_lower_case)
+    except ValueError:
+        if not train.compile_only:
+            raise
+        tokenizer = None
+    model_cfg = config.model_config(train, platform=platform)
+    if tokenizer is not None:
+        model_cfg = fit_model_vocab(model_cfg, train.model, tokenizer)
     if max_seq_length > model_cfg.max_position_embeddings:
         raise ValueError(f"max_seq_length {max_seq_length} exceeds the model's max_position_embeddings "
                          f"{model_cfg.max_position_embeddings}")
     return tokenizer, model_cfg
+
+
+def engine_config(train: Any, steps: int, warmup_proportion: float, evaluate: bool = False) -> Any:
+    """The TrainConfig the engine runs for ``steps`` of fine-tuning: what ``loop.run`` trains and what
+    ``--compile_only`` compiles. The engine evaluates (every ``--eval_every_steps`` and at the end) only when
+    ``evaluate`` and ``--eval_every_steps`` ask for it; else the CLI evaluates once training ends, as the
+    original does."""
+    return train.replace(do_train=True, do_eval=bool(evaluate and train.eval_every_steps > 0),
+                         num_train_steps=steps, num_warmup_steps=int(steps * warmup_proportion))
+
+
+def check_eval_every_steps(train: Any, do_train: bool, can_evaluate: bool, needs: str) -> None:
+    """``--eval_every_steps`` evaluates during training: it needs the data the CLI evaluates on."""
+    if train.eval_every_steps < 0:
+        raise ValueError(f"--eval_every_steps must be >= 0 (0: evaluate once, after training), got "
+                         f"{train.eval_every_steps}")
+    if train.eval_every_steps and do_train and not can_evaluate:
+        raise ValueError(f"--eval_every_steps={train.eval_every_steps} evaluates during training and needs "
+                         f"{needs}; add it, or pass --eval_every_steps=0")
+
+
+def compile_only(train: Any, task: FinetuneTask, warmup_proportion: float, evaluate: bool = False) -> dict:
+    """``--compile_only``: the fine-tuning train step compiled for ``--topology`` and its report printed
+    (``training/aot.py``, as pretraining does). Nothing is trained, no checkpoint is read, nothing is written;
+    ``--num_train_steps`` stands for the run's length (the schedule's constants change no shape)."""
+    from bertgpt_jax.training import aot
+
+    return aot.compile_only(engine_config(train, train.num_train_steps, warmup_proportion, evaluate), task)
 
 
 def checkpoint_step(output_dir: str) -> int | None:

@@ -124,7 +124,11 @@ class _Preemption:
 def evaluate(eval_step, params, cfg: TrainConfig, task: Task, mesh: jax.sharding.Mesh) -> dict:
     """The task's metrics, as ``eval/...`` keys, over the whole validation split or, when it has more than
     ``max_eval_steps * eval_batch_size`` examples, a fixed sample of that many spread over all of it (the same
-    at every evaluation); ``eval/examples`` says how many were evaluated."""
+    at every evaluation); ``eval/examples`` says how many were evaluated. A task with its own evaluation
+    (``Task.evaluate``) gives its metrics instead."""
+    own = task.evaluate(params, mesh)
+    if own is not None:
+        return _checked_eval(cfg, {f"eval/{k}": float(v) for k, v in own.items()})
     it = task.eval_batches(cfg.eval_batch_size, cfg.seed, max_examples=cfg.max_eval_steps * cfg.eval_batch_size)
     total: dict[str, float] = {}
     examples = 0
@@ -141,7 +145,17 @@ def evaluate(eval_step, params, cfg: TrainConfig, task: Task, mesh: jax.sharding
             total[k] = total.get(k, 0.0) + float(v)
     if not total:
         raise ValueError(f"the evaluation data yielded no batch of {cfg.eval_batch_size}")
-    return {**{f"eval/{k}": v for k, v in task.summarize(total).items()}, "eval/examples": examples}
+    return _checked_eval(cfg, {**{f"eval/{k}": v for k, v in task.summarize(total).items()},
+                               "eval/examples": examples})
+
+
+def _checked_eval(cfg: TrainConfig, ev: dict) -> dict:
+    """``ev``, once ``--best_metric`` is known to be one of its metrics (else the best checkpoint would
+    silently never be kept)."""
+    if cfg.best_metric and cfg.best_metric not in ev:
+        raise ValueError(f"--best_metric {cfg.best_metric} is not one of this task's eval metrics "
+                         f"({', '.join(sorted(ev))})")
+    return ev
 
 
 def run(cfg: TrainConfig, task: Task, on_start: Callable[[], None] | None = None) -> dict:
