@@ -55,9 +55,9 @@ def test_features_equal_transformers_hidden_states_on_minilm(minilm, minilm_dir)
 
 
 def test_features_run_sorted_by_length_and_come_back_in_input_order(minilm_dir):
-    """Short and long examples alternate; batches of 4 run the four short ones at the 16-token bucket and
-    the four long ones at 64 (unsorted, both batches would pad to 64), and every row still equals
-    transformers' forward pass of that example."""
+    """Four long and four short examples alternate; in batches of 3, longest first, two batches pad to the
+    64-token bucket and the last (two short ones and an empty row) to 16 (unsorted, all three would pad to
+    64), and every row still equals transformers' forward pass of that example."""
     long_a = ("The interpreter reads source files line by line, compiles each statement to bytecode, keeps "
               "the bytecode in a cache directory beside the module and runs it")
     texts = [(long_a, None), ("A tuple.", None), (long_a + " again", "and a second segment follows here"),
@@ -66,8 +66,8 @@ def test_features_run_sorted_by_length_and_come_back_in_input_order(minilm_dir):
              ("Dicts map.", None)]
     one = loading.load(minilm_dir, model_type="bert", mesh=sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
     ex = features.FeatureExtractor(one, layers=["-1", "-3"])
-    got = ex.extract(texts, max_seq_length=64, batch_size=4)
-    assert dict(ex.batch_shapes) == {(4, 16): 1, (4, 64): 1}
+    got = ex.extract(texts, max_seq_length=64, batch_size=3)
+    assert dict(ex.batch_shapes) == {(3, 64): 2, (3, 16): 1}
     hf = transformers.BertModel.from_pretrained(minilm_dir).eval()
     hf_tok = transformers.BertTokenizerFast.from_pretrained(minilm_dir)
     worst = 0.0

@@ -5,7 +5,7 @@ layer); the embedding output is ``"embeddings"``. Pooled sentence vectors are re
 ``cls`` (its [CLS] vector) and ``mean`` (the mean over every real token, [CLS] and [SEP] included, as
 sentence-transformers pools); ``pooler`` (tanh dense on [CLS]) when the checkpoint has a pooler.
 Examples run sorted by length, each batch padded to a power-of-two length bucket (16, 32, 64, ... up to
-``max_seq_length``: one compiled function per bucket, whatever the inputs).
+``max_seq_length``), every batch with the same rows: one compiled function per bucket, whatever the inputs.
 """
 
 from __future__ import annotations
@@ -137,8 +137,10 @@ class FeatureExtractor:
         cls, mean = np.zeros((N, D), np.float32), np.zeros((N, D), np.float32)
         pooler = np.zeros((N, D), np.float32) if self.has_pooler else None
         dp = sharding.data_parallel_size(self.loaded.mesh)
-        batch_size = text_inputs.round_up(batch_size, dp)
-        order = np.argsort(lengths, kind="stable")
+        # Every batch has the same rows (the last one padded with empty rows), longest examples first, so
+        # the padded last batch is one of the cheapest and each length bucket compiles once.
+        rows_per_batch = min(text_inputs.round_up(batch_size, dp), text_inputs.round_up(N, dp))
+        order = np.argsort(-lengths, kind="stable")
 
         def store(rows, length, out):
             chosen, c, m, p = jax.device_get(out)
@@ -152,11 +154,11 @@ class FeatureExtractor:
         from tqdm import tqdm
 
         pending = None
-        for start in tqdm(range(0, N, batch_size), unit="batch", disable=not progress):
-            rows = order[start:start + batch_size]
+        for start in tqdm(range(0, N, rows_per_batch), unit="batch", disable=not progress):
+            rows = order[start:start + rows_per_batch]
             chunk = [encoded[i] for i in rows]
             length = text_inputs.length_bucket(int(lengths[rows].max()), max_seq_length)
-            out = self.dispatch(text_inputs.pad_batch(chunk, length, rows=text_inputs.round_up(len(chunk), dp)))
+            out = self.dispatch(text_inputs.pad_batch(chunk, length, rows=rows_per_batch))
             if pending is not None:
                 store(*pending)
             pending = (rows, length, out)
