@@ -1,7 +1,7 @@
 """Inference throughput, side by side: our generation (KV cache, one compiled loop) vs transformers'
 ``generate`` (its KV cache), and our feature extraction vs transformers' forward pass.
 
-    python bench/bench_generate.py [--rounds 3] [--output results.json] [--skip_features]
+    python bench/bench_generate.py [--rounds 3] [--output results.json] [--skip_features | --skip_generate]
 
 Generation: GPT-2 124M shape (L12/H768/A12, vocab 50257) with transformers' random initialisation, the
 same weights on both sides (saved by transformers, loaded by ours), a 32-token prompt and 128 new tokens,
@@ -149,6 +149,7 @@ def main() -> None:
     p.add_argument("--batches", default="1,8")
     p.add_argument("--sentences", type=int, default=1000)
     p.add_argument("--skip_features", action="store_true")
+    p.add_argument("--skip_generate", action="store_true")
     p.add_argument("--output")
     p.add_argument("--side", help=argparse.SUPPRESS)
     p.add_argument("args", nargs="*", help=argparse.SUPPRESS)
@@ -162,8 +163,9 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         gpt_dir = os.path.join(tmp, "gpt2")
-        make_gpt2(gpt_dir)
-        for batch in map(int, a.batches.split(",")):
+        if not a.skip_generate:
+            make_gpt2(gpt_dir)
+        for batch in [] if a.skip_generate else map(int, a.batches.split(",")):
             ours = _subprocess("ours_generate", gpt_dir, batch, a.rounds)
             hf = _subprocess("hf_generate", gpt_dir, batch, a.rounds)
             same = sum(x == y for x, y in zip(ours.pop("tokens"), hf.pop("tokens")))

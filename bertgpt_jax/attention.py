@@ -2,6 +2,7 @@
 
 Draws one panel per layer and head (``--layers``, ``--heads``; default all) with the tokens on both axes,
 and writes every layer's and head's weights to .npz (``weights`` [L, H, T, T], ``tokens``, ``token_ids``).
+``--html=heads.html`` adds an offline head view (layer and head selectors, token-to-token lines).
 BERT takes ``--text_b`` for a sentence pair; GPT-2's maps are zero above the diagonal.
 """
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import torch
 import transformers
 
 from bertgpt_jax import configs, sharding, tokenization
-from bertgpt_jax.inference import attention, loading, perplexity
+from bertgpt_jax.inference import attention, head_view, loading, perplexity
 from tests import inference_models as im
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,17 +69,43 @@ def test_attention_cli_draws_panels_and_writes_weights(gpt, tmp_path):
 
     png = tmp_path / "maps" / "attention.png"
     text = "The quick brown fox"
+    page = tmp_path / "maps" / "heads.html"
     res = _cli("attention", f"--init_checkpoint={gpt['run']}", f"--text={text}", "--layers=0,-1", "--heads=1",
-               f"--output={png}")
+               f"--output={png}", f"--html={page}")
     assert res.returncode == 0, res.stderr
     saved = np.load(tmp_path / "maps" / "attention.npz")
     expect = attention.attention_maps(gpt["loaded"], text)
     np.testing.assert_allclose(saved["weights"], expect.weights, atol=1e-6)
     assert list(saved["tokens"]) == expect.tokens
+    # The head view: one offline page whose embedded weights are exactly the .npz's, every layer and head.
+    html = page.read_text(encoding="utf-8")
+    assert '<select id="layer">' in html and '<select id="head">' in html
+    assert not re.search(r"<script[^>]*\bsrc=|<link\b|@import|url\(|<iframe|<img", html)
+    assert re.findall(r"https?://[^\s\"']*", html) == ["http://www.w3.org/2000/svg"]  # the SVG namespace name
+    data = head_view.read_page_data(html)
+    weights = np.asarray(data["weights"], np.float32)
+    assert weights.shape == saved["weights"].shape == (2, 4, len(expect.tokens), len(expect.tokens))
+    assert np.array_equal(weights, saved["weights"])
+    assert data["tokens"] == list(saved["tokens"]) and data["token_ids"] == saved["token_ids"].tolist()
     h, w = matplotlib.image.imread(str(png)).shape[:2]
     assert h > 1.8 * w  # two layers stacked, one head: a tall figure
     with pytest.raises(ValueError, match="text_b is for BERT's sentence pairs"):
         attention.attention_maps(gpt["loaded"], "hi", "there")
+
+
+def test_head_view_keeps_odd_tokens_inside_its_data_and_rejects_bad_maps():
+    w = np.random.RandomState(0).dirichlet(np.ones(3), size=(1, 2, 3)).astype(np.float32)
+    tokens = ["</script><script src='https://x'>", "&amp;", "\u2423one"]
+    maps = attention.AttentionMaps(weights=w, tokens=tokens, token_ids=[5, 6, 7])
+    html = head_view.html_page(maps, title="<b>")
+    assert html.count("</script>") == 2 and "<b>" not in html  # only the page's own two script elements close
+    data = head_view.read_page_data(html)
+    assert data["tokens"] == tokens and data["token_ids"] == [5, 6, 7]
+    assert np.array_equal(np.asarray(data["weights"], np.float32), w)
+    with pytest.raises(ValueError, match=r"shape \(1, 2, 3, 3\) do not match 2 tokens"):
+        head_view.html_page(attention.AttentionMaps(weights=w, tokens=tokens[:2], token_ids=[5, 6]))
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        head_view.html_page(attention.AttentionMaps(weights=w * np.nan, tokens=tokens, token_ids=[5, 6, 7]))
 
 
 def test_windows_score_every_token_once():

@@ -5,13 +5,14 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import torch
 import transformers
 from safetensors.numpy import load_file
 
-from bertgpt_jax import configs, tokenization
+from bertgpt_jax import configs, sharding, tokenization
 from bertgpt_jax.inference import features, fill_mask, loading
 from tests import inference_models as im
 
@@ -50,6 +51,37 @@ def test_features_equal_transformers_hidden_states_on_minilm(minilm, minilm_dir)
         last = ref.hidden_states[-1][0].numpy()
         worst = max(worst, im.max_diff(got.cls[i], last[0]), im.max_diff(got.mean[i], last.mean(0)),
                     im.max_diff(got.pooler[i], ref.pooler_output[0]))
+    assert worst <= 1e-4, worst
+
+
+def test_features_run_sorted_by_length_and_come_back_in_input_order(minilm_dir):
+    """Four long and four short examples alternate; in batches of 3, longest first, two batches pad to the
+    64-token bucket and the last (two short ones and an empty row) to 16 (unsorted, all three would pad to
+    64), and every row still equals transformers' forward pass of that example."""
+    long_a = ("The interpreter reads source files line by line, compiles each statement to bytecode, keeps "
+              "the bytecode in a cache directory beside the module and runs it")
+    texts = [(long_a, None), ("A tuple.", None), (long_a + " again", "and a second segment follows here"),
+             ("Lists change.", None), (long_a + " twice over", None), ("Hi.", None),
+             (long_a.replace("interpreter", "compiler"), None),
+             ("Dicts map.", None)]
+    one = loading.load(minilm_dir, model_type="bert", mesh=sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
+    ex = features.FeatureExtractor(one, layers=["-1", "-3"])
+    got = ex.extract(texts, max_seq_length=64, batch_size=3)
+    assert dict(ex.batch_shapes) == {(3, 64): 2, (3, 16): 1}
+    hf = transformers.BertModel.from_pretrained(minilm_dir).eval()
+    hf_tok = transformers.BertTokenizerFast.from_pretrained(minilm_dir)
+    worst = 0.0
+    with torch.no_grad():
+        for i, (a, b) in enumerate(texts):
+            one_enc = hf_tok(a, b, return_tensors="pt")
+            n = one_enc["input_ids"].shape[1]
+            assert got.input_ids[i, :n].tolist() == one_enc["input_ids"][0].tolist(), i
+            assert got.token_type_ids[i, :n].tolist() == one_enc["token_type_ids"][0].tolist(), i
+            assert got.attention_mask[i].sum() == n and np.all(got.layers[-1][i, n:] == 0)
+            ref = hf(**one_enc, output_hidden_states=True).hidden_states
+            worst = max(worst, im.max_diff(got.layers[-1][i, :n], ref[6][0]),
+                        im.max_diff(got.layers[-3][i, :n], ref[4][0]), im.max_diff(got.cls[i], ref[6][0, 0]),
+                        im.max_diff(got.mean[i], ref[6][0].mean(0)))
     assert worst <= 1e-4, worst
 
 

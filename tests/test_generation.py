@@ -9,8 +9,9 @@ import jax
 import numpy as np
 import pytest
 import torch
+import transformers
 
-from bertgpt_jax import sharding
+from bertgpt_jax import configs, convert, sharding
 from bertgpt_jax.inference import generation, loading
 from bertgpt_jax.inference.generation import Generator, Sampling
 from tests import inference_models as im
@@ -69,6 +70,48 @@ def test_greedy_equals_transformers_alone_and_in_padded_batches(setup):
     mask = np.array([[1] * len(p) + [0] * (T - len(p)) for p in prompts])
     right = generation.prompts_from_padded(ids, mask)
     assert [g.token_ids for g in gen.generate(right, NEW)] == ref_alone
+
+
+def test_greedy_equals_transformers_at_the_gpt2_124m_shape():
+    """The real GPT-2 small shape (12 layers, 768 wide, 12 heads, vocabulary 50257, 1024 positions) with
+    transformers' own random initialisation, converted by ``convert``: 64 greedy tokens equal
+    ``GPT2LMHeadModel.generate(do_sample=False)``'s for one prompt and for a left-padded batch of two
+    prompts of different lengths. A mesh of two devices pads the single prompt to two rows, so both
+    requests share one compiled function."""
+    cfg = configs.get("gpt2").replace(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.vocab_size,
+            cfg.max_position_embeddings) == (12, 768, 12, 50257, 1024)
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**cfg.to_hf_dict())).eval()
+    params = convert.params_from_hf_tensors(cfg, {k: v.detach().numpy() for k, v in hf.state_dict().items()})
+    gen = Generator(loading.from_params(cfg, params, mesh=sharding.make_mesh((2, 1, 1), jax.devices()[:2])))
+    rs = np.random.RandomState(0)
+    long, short = (list(map(int, rs.randint(0, 50256, n))) for n in (29, 20))
+    T = len(long)
+    eos = cfg.eos_token_id  # 50256 on both sides; a row that emits it is done
+    kw = dict(do_sample=False, max_new_tokens=NEW, pad_token_id=eos, eos_token_id=eos, output_scores=True,
+              return_dict_in_generate=True)
+    # One torch thread: beside the suite's other worker on two cores, two threads contend (measured 7x slower).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            ids = torch.tensor([long])
+            alone = hf.generate(ids, attention_mask=torch.ones_like(ids), **kw)
+            ids = torch.tensor([[eos] * (T - len(short)) + short, long])
+            mask = torch.tensor([[0] * (T - len(short)) + [1] * len(short), [1] * T])
+            batch = hf.generate(ids, attention_mask=mask, **kw)
+    finally:
+        torch.set_num_threads(threads)
+    ref_alone, ref_batch = ([r[:r.index(eos) + 1] if eos in r else r for r in out.sequences[:, T:].tolist()]
+                            for out in (alone, batch))
+    for scores in (alone.scores, batch.scores):  # no near-tie that float rounding could flip
+        top2 = torch.stack(scores, 1).topk(2, dim=-1).values
+        assert float((top2[..., 0] - top2[..., 1]).min()) > 1e-4
+    assert min(len(set(r)) for r in ref_alone + ref_batch) > 8  # the continuations vary
+    assert [g.token_ids for g in gen.generate([long], NEW)] == ref_alone
+    assert [g.token_ids for g in gen.generate([short, long], NEW)] == ref_batch
+    assert gen.traces == 1
 
 
 def test_one_compile_per_shape_bucket(setup):

@@ -5,6 +5,7 @@
     feats = inference.extract_features(bert, ["a sentence", ("a", "pair")]); feats.layers[-1], feats.mean
     words = inference.fill_mask(bert, "The [MASK] statement ends a loop.")
     maps = inference.attention_maps(bert, "text"); inference.draw_attention(maps, "attention.png")
+    inference.write_head_view(maps, "heads.html")              # offline, bertviz-style head view
 """
 
 from bertgpt_jax import lazy_exports
@@ -24,6 +25,7 @@ _EXPORTS = {
     "bert_pseudo_perplexity": "perplexity",
     "attention_maps": "attention",
     "draw_attention": "attention",
+    "write_head_view": "head_view",
     "held_out_blanks": "blanks",
     "predict_blanks": "blanks",
     "format_predictions": "blanks",

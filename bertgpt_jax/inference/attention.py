@@ -148,15 +148,24 @@ class AttentionConfig:
     output_weights: str | None = setting(None, "The weights of every layer and head as .npz (weights [L, H, T, T], "
                                          "tokens, token_ids); default: beside --output.")
     max_seq_length: int | None = setting(None, "Tokens at most (default: the model's position table).")
+    html: str | None = setting(None, "Also an interactive head view as one offline HTML file (layer and head "
+                               "selectors, a line from each token to every other, the weight as its opacity).")
 
 
 def run(source: ModelSource, cfg: AttentionConfig) -> AttentionMaps:
     if not cfg.output.endswith(".png"):
         raise ValueError(f"--output {cfg.output} must end in .png")
+    if cfg.html and not cfg.html.endswith((".html", ".htm")):
+        raise ValueError(f"--html {cfg.html} must end in .html")
     loaded = source.load(purpose="attention maps")
     maps = attention_maps(loaded, cfg.text, cfg.text_b, cfg.max_seq_length)
     maps.select(cfg.layers, cfg.heads)  # bad indices fail before drawing
     os.makedirs(os.path.dirname(os.path.abspath(cfg.output)), exist_ok=True)
     draw_attention(maps, cfg.output, cfg.layers, cfg.heads, title=None)
     write_npz(maps, cfg.output_weights or os.path.splitext(cfg.output)[0] + ".npz")
+    if cfg.html:
+        from bertgpt_jax.inference import head_view
+
+        os.makedirs(os.path.dirname(os.path.abspath(cfg.html)), exist_ok=True)
+        head_view.write_head_view(maps, cfg.html)
     return maps

@@ -4,11 +4,13 @@
 layer); the embedding output is ``"embeddings"``. Pooled sentence vectors are read from the last layer:
 ``cls`` (its [CLS] vector) and ``mean`` (the mean over every real token, [CLS] and [SEP] included, as
 sentence-transformers pools); ``pooler`` (tanh dense on [CLS]) when the checkpoint has a pooler.
-Batches are padded to a power-of-two length bucket (one compiled function per batch shape).
+Examples run sorted by length, each batch padded to a power-of-two length bucket (16, 32, 64, ... up to
+``max_seq_length``), every batch with the same rows: one compiled function per bucket, whatever the inputs.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -102,17 +104,24 @@ class FeatureExtractor:
 
         mesh = loaded.mesh
         rows = sharding.batch_sharding(mesh, 2)
+        self.batch_shapes: collections.Counter = collections.Counter()  # (rows, length) -> batches run
         self._forward = jax.jit(forward, in_shardings=(jax.tree.map(lambda p: p.sharding, loaded.params),
                                                        rows, rows, rows))
 
-    def run_batch(self, batch: dict[str, np.ndarray]):
+    def dispatch(self, batch: dict[str, np.ndarray]):
+        """Starts the forward pass of one padded batch; the results stay on the device until fetched."""
+        self.batch_shapes[batch["input_ids"].shape] += 1
         with jax.set_mesh(self.loaded.mesh), nn.logical_axis_rules(sharding.RULES):
-            return jax.device_get(self._forward(self.loaded.params, batch["input_ids"], batch["attention_mask"],
-                                                batch["token_type_ids"]))
+            return self._forward(self.loaded.params, batch["input_ids"], batch["attention_mask"],
+                                 batch["token_type_ids"])
 
     def extract(self, examples: Sequence[tuple[str, str | None]] | Sequence[str], max_seq_length: int = 128,
                 batch_size: int = 32, progress: bool = False) -> Features:
-        """Features of each example (text, or (text_a, text_b) pair)."""
+        """Features of each example (text, or (text_a, text_b) pair), in the order given.
+
+        Examples run sorted by length, so a batch pads to the bucket of similar lengths, not to the longest
+        example among any 32 (on the benchmark's sentences that is 2.5x fewer padded tokens); the next
+        batch is dispatched before the previous one is fetched, so the copy to the host overlaps compute."""
         tok = self.loaded.require_tokenizer()
         from bertgpt_jax import configs
 
@@ -120,27 +129,40 @@ class FeatureExtractor:
         pairs = [(e, None) if isinstance(e, str) else (e[0], e[1]) for e in examples]
         if not pairs:
             raise ValueError("no example to extract features from")
-        encoded = [text_inputs.encode_bert(tok, a, b, max_seq_length) for a, b in pairs]
-        N, T = len(encoded), max(len(e.input_ids) for e in encoded)
+        encoded = text_inputs.encode_bert_batch(tok, pairs, max_seq_length)
+        lengths = np.array([len(e.input_ids) for e in encoded])
+        N, T = len(encoded), int(lengths.max())
         D = self.loaded.cfg.hidden_size
         layers = {layer: np.zeros((N, T, D), np.float32) for layer in self.layers}
         cls, mean = np.zeros((N, D), np.float32), np.zeros((N, D), np.float32)
         pooler = np.zeros((N, D), np.float32) if self.has_pooler else None
         dp = sharding.data_parallel_size(self.loaded.mesh)
-        batch_size = text_inputs.round_up(batch_size, dp)
+        # Every batch has the same rows (the last one padded with empty rows), longest examples first, so
+        # the padded last batch is one of the cheapest and each length bucket compiles once.
+        rows_per_batch = min(text_inputs.round_up(batch_size, dp), text_inputs.round_up(N, dp))
+        order = np.argsort(-lengths, kind="stable")
+
+        def store(rows, length, out):
+            chosen, c, m, p = jax.device_get(out)
+            n, t = len(rows), min(length, T)
+            for layer, h in zip(self.layers, chosen):
+                layers[layer][rows, :t] = h[:n, :t]
+            cls[rows], mean[rows] = c[:n], m[:n]
+            if pooler is not None:
+                pooler[rows] = p[:n]
+
         from tqdm import tqdm
 
-        for start in tqdm(range(0, N, batch_size), unit="batch", disable=not progress):
-            chunk = encoded[start:start + batch_size]
-            length = text_inputs.length_bucket(max(len(e.input_ids) for e in chunk), max_seq_length)
-            batch = text_inputs.pad_batch(chunk, length, rows=text_inputs.round_up(len(chunk), dp))
-            chosen, c, m, p = self.run_batch(batch)
-            n, t = len(chunk), min(length, T)
-            for layer, h in zip(self.layers, chosen):
-                layers[layer][start:start + n, :t] = h[:n, :t]
-            cls[start:start + n], mean[start:start + n] = c[:n], m[:n]
-            if pooler is not None:
-                pooler[start:start + n] = p[:n]
+        pending = None
+        for start in tqdm(range(0, N, rows_per_batch), unit="batch", disable=not progress):
+            rows = order[start:start + rows_per_batch]
+            chunk = [encoded[i] for i in rows]
+            length = text_inputs.length_bucket(int(lengths[rows].max()), max_seq_length)
+            out = self.dispatch(text_inputs.pad_batch(chunk, length, rows=rows_per_batch))
+            if pending is not None:
+                store(*pending)
+            pending = (rows, length, out)
+        store(*pending)
         full = text_inputs.pad_batch(encoded, T)
         for layer in self.layers:  # padding positions hold zeros, not whatever the model computed there
             layers[layer] *= full["attention_mask"][:, :, None]

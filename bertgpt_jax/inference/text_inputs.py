@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Sequence
 
 import numpy as np
 
@@ -61,6 +62,17 @@ def encode_bert(tokenizer, text_a: str | list[int], text_b: str | list[int] | No
         ids += b + [sep]
         types += [1] * (len(b) + 1)
     return Encoded(ids, types, [tokenizer.id_to_token(i) for i in ids])
+
+
+def encode_bert_batch(tokenizer, pairs: Sequence[tuple[str, str | None]], max_seq_length: int = 128
+                      ) -> list[Encoded]:
+    """:func:`encode_bert` of every ``(text_a, text_b or None)``, the texts tokenized in one batch call (the
+    native tokenizers run a batch faster than a loop of single texts)."""
+    texts = [a for a, _ in pairs] + [b for _, b in pairs if b is not None]
+    ids = iter(tokenizer.encode_batch(texts))
+    firsts = [next(ids) for _ in pairs]
+    return [encode_bert(tokenizer, a, None if b is None else next(ids), max_seq_length) for a, (_, b) in
+            zip(firsts, pairs)]
 
 
 def pad_batch(encoded: list[Encoded], length: int, rows: int | None = None) -> dict[str, np.ndarray]:
