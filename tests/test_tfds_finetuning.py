@@ -209,3 +209,30 @@ class _CharTokenizer:
 
     def encode_batch(self, texts):
         return [[3 + (ord(c) % 50) for c in t] for t in texts]
+
+
+def test_the_clis_take_their_label_sets_from_the_tfds_dataset(monkeypatch, tmp_path):
+    """--tfds_name through run_classifier and run_ner at --compile_only (aot stubbed: nothing compiled): the
+    generic task's labels are the ClassLabel's names, run_ner's tags the dataset's; two sources are an error."""
+    from bertgpt_jax import run_classifier, run_ner, run_squad
+    from bertgpt_jax.training import TrainConfig, aot
+
+    reviews = ({"train": [{"text": b"Great.", "label": 1}]}, {"text": object(), "label": _Names(["neg", "meh", "pos"])})
+    conll = ({"train": [{"tokens": [b"Paris"], "ner": [np.int64(3)]}]},
+             {"tokens": object(), "ner": _Sequence(_Names(["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]))})
+    _stand_in(monkeypatch, {"imdb_reviews": reviews, "conll2003": conll})
+    seen = []
+    monkeypatch.setattr(aot, "compile_only", lambda cfg, task: seen.append(task) or {"stopped_by": "x"})
+    train = TrainConfig(output_dir=str(tmp_path / "out"), model="bert-tiny", compile_only=True, topology="v4-8",
+                        num_train_steps=10)
+    run_classifier.run(train, run_classifier.ClassifierConfig(task_name="generic", tfds_name="imdb_reviews",
+                                                              max_seq_length=32))
+    run_ner.run(train, run_ner.TaggingConfig(tfds_name="conll2003", max_seq_length=32))
+    assert [t.num_labels for t in seen] == [3, 5]
+    with pytest.raises(ValueError, match="give one source of data"):
+        run_classifier.run(train, run_classifier.ClassifierConfig(task_name="mrpc", tfds_name="glue/mrpc",
+                                                                  data_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match="give one source of data"):
+        run_ner.run(train, run_ner.TaggingConfig(max_seq_length=32))
+    with pytest.raises(ValueError, match="give one source of data"):
+        run_squad.run(train, run_squad.SquadConfig(tfds_name="squad/v1.1", train_file="/x.json"))
