@@ -182,8 +182,9 @@ def glue_examples(name: str, role: str, processor: glue.DataProcessor, data_dir:
             tfds_label = names[int(label)]
             label = alias.get(tfds_label, tfds_label)
             if label not in labels:
-                raise ValueError(f"{where} record {i}: label {tfds_label!r} is not one of {processor.name or 'the task'}"
-                                 f"'s labels {labels} (is --task_name right for this dataset?)")
+                task = processor.name or "the task"
+                raise ValueError(f"{where} record {i}: label {tfds_label!r} is not one of {task}'s labels "
+                                 f"{labels} (is --task_name right for this dataset?)")
         b_text = None if text_b is None else text(rec[text_b])
         idx = rec.get("idx", i)
         out.append(glue.InputExample(f"{role}-{int(idx)}", text(rec[text_a]), b_text, label))
