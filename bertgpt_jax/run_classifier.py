@@ -43,7 +43,18 @@ class ClassifierConfig:
     data_dir: str | None = setting(None, "Directory of the task's files (GLUE: train.tsv, dev.tsv, test.tsv; "
                                    "generic: train/dev/test .tsv, .csv or .jsonl). Required, except with "
                                    "--compile_only for a task whose labels are known (GLUE, or generic with "
-                                   "--labels): that compiles the step without reading any data.")
+                                   "--labels): that compiles the step without reading any data, and "
+                                   "with --tfds_name.")
+    tfds_name: str | None = setting(None, "Read the splits from this TFDS dataset, prepared locally as "
+                                    "array_record (glue/mrpc, glue/mnli, ...; generic: any dataset, features "
+                                    "named by --text_column/--text_pair_column/--label_column) instead of "
+                                    "--data_dir. Labels are mapped by name. Needs pip install "
+                                    "'bertgpt_jax[tfds]'.")
+    tfds_data_dir: str | None = setting(None, "Where the TFDS dataset was prepared (default: TFDS's own, "
+                                        "$TFDS_DATA_DIR or ~/tensorflow_datasets).")
+    tfds_splits: str | None = setting(None, "TFDS split per role, e.g. dev=validation_mismatched,test=test "
+                                      "(default: train; validation or dev (MNLI: validation_matched, mnli-mm: "
+                                      "validation_mismatched); test (MNLI: test_matched / test_mismatched)).")
     vocab_file: str | None = setting(None, "The vocabulary the model was trained with (default: the one in an HF "
                                      "--init_checkpoint directory).")
     do_lower_case: bool = setting(True, "Lower-case the input (uncased models); for a bare vocab.txt.")
@@ -98,7 +109,7 @@ def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
     import jax
 
     from bertgpt_jax import convert, sharding
-    from bertgpt_jax.data import glue
+    from bertgpt_jax.data import glue, tfds_source
     from bertgpt_jax.tasks import finetuning
     from bertgpt_jax.tasks.classification import SequenceClassification, probabilities
     from bertgpt_jax.tasks.finetuning import num_train_steps
@@ -106,13 +117,23 @@ def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
 
     if not (clf.do_train or clf.do_eval or clf.do_predict or train.compile_only):
         raise ValueError("at least one of --do_train, --do_eval or --do_predict must be given")
-    if clf.data_dir is None and not (train.compile_only and (clf.task_name.lower() != "generic" or clf.labels)):
-        raise ValueError("--data_dir is required: the directory of the task's files")
+    if clf.data_dir is None and clf.tfds_name is None and not (
+            train.compile_only and (clf.task_name.lower() != "generic" or clf.labels)):
+        raise ValueError("--data_dir (the directory of the task's files) or --tfds_name is required")
+    if clf.data_dir is not None and clf.tfds_name is not None:
+        raise ValueError(f"--data_dir {clf.data_dir} and --tfds_name {clf.tfds_name}: give one source of data")
+    tfds_splits = tfds_source.parse_splits(clf.tfds_splits) if clf.tfds_name else {}
     if clf.data_dir is not None and not os.path.isdir(clf.data_dir):
         raise FileNotFoundError(f"--data_dir {clf.data_dir} is not a directory")
+    generic_task = clf.task_name.lower() == "generic"
+    labels = clf.labels.split(",") if clf.labels else None
+    if clf.tfds_name and generic_task and labels is None and not clf.regression:  # the ClassLabel's names
+        labels = tfds_source.class_names(tfds_source.builder(clf.tfds_name, clf.tfds_data_dir), clf.label_column)
+        if labels is None:
+            raise ValueError(f"--tfds_name {clf.tfds_name}: {clf.label_column!r} has no class names; give "
+                             "--labels or --regression")
     generic = dict(text_column=clf.text_column, text_pair_column=clf.text_pair_column,
-                   label_column=clf.label_column, labels=clf.labels.split(",") if clf.labels else None,
-                   regression=clf.regression, data_dir=clf.data_dir)
+                   label_column=clf.label_column, labels=labels, regression=clf.regression, data_dir=clf.data_dir)
     if clf.task_name.lower() == "xnli":
         processor = glue.XnliProcessor(clf.xnli_language)
     else:
@@ -131,8 +152,19 @@ def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
                                       freeze_encoder=clf.freeze_encoder)
         return finetuning.compile_only(train, task, clf.warmup_proportion, evaluate=clf.do_eval)
 
+    def examples_of(split, proc=processor, task_name=clf.task_name):
+        if clf.tfds_name is None:
+            return proc.get_examples(clf.data_dir, split)
+        columns = (dict(text_a=clf.text_column, text_b=clf.text_pair_column, label_feature=clf.label_column)
+                   if generic_task else {})
+        examples, tfds_split = tfds_source.glue_examples(
+            clf.tfds_name, split, proc, clf.tfds_data_dir, tfds_splits,
+            candidates=tfds_source.role_candidates(task_name, split), **columns)
+        finetuning.say(f"[run_classifier] {split}: {len(examples)} examples from tfds {clf.tfds_name} [{tfds_split}]")
+        return examples
+
     def features(split):
-        examples = processor.get_examples(clf.data_dir, split)
+        examples = examples_of(split)
         return examples, glue.convert_examples_to_features(examples, label_list, clf.max_seq_length, tokenizer,
                                                            regression=regression)
 
@@ -140,11 +172,11 @@ def run(train: TrainConfig, clf: ClassifierConfig) -> dict:
     train_examples, train_features = features(glue.TRAIN) if clf.do_train else (None, None)
     eval_examples, eval_features = features(glue.DEV) if clf.do_eval else (None, None)
     mm_features = None
-    if clf.do_eval and clf.task_name.lower() == "mnli" and os.path.exists(os.path.join(clf.data_dir,
-                                                                                       "dev_mismatched.tsv")):
-        mm = glue.MnliMismatchedProcessor()
-        mm_features = glue.convert_examples_to_features(mm.get_examples(clf.data_dir, glue.DEV), label_list,
-                                                        clf.max_seq_length, tokenizer)
+    if clf.do_eval and clf.task_name.lower() == "mnli" and (
+            tfds_source.has_mismatched(clf.tfds_name, clf.tfds_data_dir, tfds_splits) if clf.tfds_name
+            else os.path.exists(os.path.join(clf.data_dir, "dev_mismatched.tsv"))):
+        mm_examples = examples_of(glue.DEV, glue.MnliMismatchedProcessor(), "mnli-mm")
+        mm_features = glue.convert_examples_to_features(mm_examples, label_list, clf.max_seq_length, tokenizer)
     task = SequenceClassification(model_cfg, num_labels, clf.max_seq_length, train_features, eval_features,
                                   layer_mix=clf.layer_mix, freeze_encoder=clf.freeze_encoder)
     mesh = sharding.make_mesh(train.mesh_shape)

@@ -34,8 +34,15 @@ FILES = {"train": "train.txt", "dev": "dev.txt", "test": "test.txt"}
 class TaggingConfig:
     """The data and phases of a token-classification run."""
 
-    data_dir: str | None = setting(None, "Directory with train.txt, dev.txt, test.txt in the CoNLL format.",
-                                   required=True)
+    data_dir: str | None = setting(None, "Directory with train.txt, dev.txt, test.txt in the CoNLL format "
+                                   "(or --tfds_name).")
+    tfds_name: str | None = setting(None, "Read the splits from this TFDS dataset (conll2003: tokens and ner "
+                                    "tags), prepared locally as array_record, instead of --data_dir; the tag "
+                                    "set is the dataset's ClassLabel names. Needs pip install "
+                                    "'bertgpt_jax[tfds]'.")
+    tfds_data_dir: str | None = setting(None, "Where the TFDS dataset was prepared (default: TFDS's own).")
+    tfds_splits: str | None = setting(None, "TFDS split per role, e.g. dev=validation (default: train; "
+                                      "validation or dev; test).")
     vocab_file: str | None = setting(None, "The vocabulary the model was trained with (default: the one in an HF "
                                      "--init_checkpoint directory).")
     do_lower_case: bool = setting(True, "Lower-case the input (uncased models).")
@@ -56,7 +63,7 @@ def run(train: TrainConfig, tc: TaggingConfig) -> dict:
     import jax
 
     from bertgpt_jax import convert, sharding
-    from bertgpt_jax.data import conll
+    from bertgpt_jax.data import conll, tfds_source
     from bertgpt_jax.evaluation import tagging
     from bertgpt_jax.tasks import finetuning
     from bertgpt_jax.tasks.tagging import TokenClassification
@@ -64,10 +71,25 @@ def run(train: TrainConfig, tc: TaggingConfig) -> dict:
 
     if not (tc.do_train or tc.do_eval or tc.do_predict or train.compile_only):
         raise ValueError("at least one of --do_train, --do_eval or --do_predict must be given")
-    path = {k: os.path.join(tc.data_dir, v) for k, v in FILES.items()}
+    if (tc.data_dir is None) == (tc.tfds_name is None):
+        raise ValueError("give one source of data: --data_dir (train.txt, dev.txt, test.txt) or --tfds_name")
+    splits = tfds_source.parse_splits(tc.tfds_splits) if tc.tfds_name else {}
+    if tc.tfds_name:
+        path = {k: f"tfds {tc.tfds_name} [{k}] record" for k in FILES}
+    else:
+        path = {k: os.path.join(tc.data_dir, v) for k, v in FILES.items()}
+
+    def read(split, with_tags=True):
+        if tc.tfds_name:
+            return tfds_source.conll_sentences(tc.tfds_name, split, tc.tfds_data_dir, splits)[0]
+        return conll.read_conll(path[split], with_tags=with_tags)
+
     tokenizer, model_cfg = finetuning.tokenizer_and_model(train, tc.vocab_file, tc.do_lower_case, tc.max_seq_length)
-    train_sentences = conll.read_conll(path["train"])  # the tag set is the training file's, in every phase
-    labels = conll.label_list(train_sentences)
+    if tc.tfds_name:  # the dataset's own tag set, in its order
+        train_sentences, labels = tfds_source.conll_sentences(tc.tfds_name, "train", tc.tfds_data_dir, splits)
+    else:
+        train_sentences = conll.read_conll(path["train"])  # the tag set is the training file's, in every phase
+        labels = conll.label_list(train_sentences)
     if train.compile_only:  # the TPU's train step, compiled here: nothing tokenized, nothing trained
         return finetuning.compile_only(train, TokenClassification(model_cfg, len(labels), tc.max_seq_length),
                                        tc.warmup_proportion, evaluate=tc.do_eval)
@@ -75,7 +97,7 @@ def run(train: TrainConfig, tc: TaggingConfig) -> dict:
     feats = {}
 
     def load(split):
-        sentences = train_sentences if split == "train" else conll.read_conll(path[split])
+        sentences = train_sentences if split == "train" else read(split)
         return sentences, conll.convert_sentences_to_features(sentences, labels, tc.max_seq_length, tokenizer,
                                                               path[split])
 
@@ -135,7 +157,7 @@ def run(train: TrainConfig, tc: TaggingConfig) -> dict:
             conll.write_conll(os.path.join(train.output_dir, "eval_predictions.txt"), feats["dev"][0], pred)
         finetuning.say("[run_ner] eval: " + ", ".join(f"{k} = {v:.4f}" for k, v in sorted(metrics.items())))
     if tc.do_predict:
-        sentences = conll.read_conll(path["test"], with_tags=False)
+        sentences = read("test", with_tags=False)
         f = conll.convert_sentences_to_features(sentences, labels, tc.max_seq_length, tokenizer, path["test"])
         logits = task.predict(params, f, tc.predict_batch_size, mesh)
         if main:

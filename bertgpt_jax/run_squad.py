@@ -35,6 +35,13 @@ class SquadConfig:
 
     train_file: str | None = setting(None, "SQuAD JSON for training, e.g. train-v1.1.json.")
     predict_file: str | None = setting(None, "SQuAD JSON for predictions, e.g. dev-v1.1.json.")
+    tfds_name: str | None = setting(None, "Read train and predictions from this TFDS dataset (squad/v1.1, "
+                                    "squad/v2.0), prepared locally as array_record, instead of --train_file / "
+                                    "--predict_file: its train and validation splits. Needs pip install "
+                                    "'bertgpt_jax[tfds]'.")
+    tfds_data_dir: str | None = setting(None, "Where the TFDS dataset was prepared (default: TFDS's own).")
+    tfds_splits: str | None = setting(None, "TFDS split per role: train=SPLIT,dev=SPLIT (dev is what "
+                                      "--do_predict predicts; default train, validation).")
     vocab_file: str | None = setting(None, "The vocabulary the model was trained with (default: the one in an HF "
                                      "--init_checkpoint directory).")
     do_lower_case: bool = setting(True, "Lower-case the input (uncased models).")
@@ -63,7 +70,7 @@ def run(train: TrainConfig, sq: SquadConfig) -> dict:
     import numpy as np
 
     from bertgpt_jax import convert, sharding
-    from bertgpt_jax.data import squad
+    from bertgpt_jax.data import squad, tfds_source
     from bertgpt_jax.evaluation import squad as squad_eval
     from bertgpt_jax.tasks import finetuning
     from bertgpt_jax.tasks.spans import SpanExtraction
@@ -71,10 +78,12 @@ def run(train: TrainConfig, sq: SquadConfig) -> dict:
 
     if not (sq.do_train or sq.do_predict or train.compile_only):
         raise ValueError("at least one of --do_train or --do_predict must be given")
-    if sq.do_train and not sq.train_file:
-        raise ValueError("--do_train needs --train_file")
-    if sq.do_predict and not sq.predict_file:
-        raise ValueError("--do_predict needs --predict_file")
+    if sq.tfds_name and (sq.train_file or sq.predict_file):
+        raise ValueError(f"--tfds_name {sq.tfds_name} and --train_file/--predict_file: give one source of data")
+    if sq.do_train and not (sq.train_file or sq.tfds_name):
+        raise ValueError("--do_train needs --train_file (or --tfds_name)")
+    if sq.do_predict and not (sq.predict_file or sq.tfds_name):
+        raise ValueError("--do_predict needs --predict_file (or --tfds_name)")
     if sq.max_seq_length <= sq.max_query_length + 3:
         raise ValueError(f"max_seq_length {sq.max_seq_length} must exceed max_query_length {sq.max_query_length} "
                          "+ 3 ([CLS] and two [SEP]), or no context token fits in a window")
@@ -83,16 +92,28 @@ def run(train: TrainConfig, sq: SquadConfig) -> dict:
     if train.compile_only:  # the TPU's train step, compiled here: no data read, nothing trained
         return finetuning.compile_only(train, SpanExtraction(model_cfg, sq.max_seq_length), sq.warmup_proportion)
     window = dict(max_seq_length=sq.max_seq_length, doc_stride=sq.doc_stride, max_query_length=sq.max_query_length)
+    splits = tfds_source.parse_splits(sq.tfds_splits) if sq.tfds_name else {}
+
+    def read(path, role, is_training):
+        """The examples and the SQuAD ``data`` list of a file, or of a TFDS split (train; dev: predicted)."""
+        if sq.tfds_name is None:
+            examples = squad.read_squad_examples(path, is_training, sq.version_2_with_negative)
+            if is_training:  # the data list is the evaluation's: only the predicted file's is kept
+                return examples, None
+            with open(path, encoding="utf-8") as f:
+                return examples, json.load(f)["data"]
+        data = tfds_source.squad_data(sq.tfds_name, role, sq.tfds_data_dir, splits)
+        return squad.squad_examples(data, f"tfds {sq.tfds_name} [{role}]", is_training,
+                                    sq.version_2_with_negative), data
+
     train_features = None
     if sq.do_train:
-        train_examples = squad.read_squad_examples(sq.train_file, True, sq.version_2_with_negative)
+        train_examples, _ = read(sq.train_file, "train", True)
         train_features = squad.convert_examples_to_features(train_examples, tokenizer, is_training=True, **window)
     has_answers = False
     if sq.do_predict:
-        examples = squad.read_squad_examples(sq.predict_file, False, sq.version_2_with_negative)
+        examples, data = read(sq.predict_file, "dev", False)
         features = squad.convert_examples_to_features(examples, tokenizer, is_training=False, **window)
-        with open(sq.predict_file, encoding="utf-8") as f:
-            data = json.load(f)["data"]
         has_answers = any(qa.get("answers") for a in data for p in a["paragraphs"] for qa in p["qas"])
     finetuning.check_eval_every_steps(train, sq.do_train, has_answers,
                                       "--do_predict with a --predict_file that has answers")

@@ -53,8 +53,16 @@ def read_squad_examples(input_file: str, is_training: bool, version_2_with_negat
             raise ValueError(f"{input_file} is not JSON ({e}); expected the SQuAD format") from None
     if not isinstance(data, dict) or "data" not in data:
         raise ValueError(f"{input_file} has no 'data' list; expected the SQuAD format")
+    return squad_examples(data["data"], input_file, is_training, version_2_with_negative)
+
+
+def squad_examples(data: list[dict], source: str, is_training: bool, version_2_with_negative: bool = False
+                   ) -> list[SquadExample]:
+    """The examples of a SQuAD JSON's ``data`` list (articles -> paragraphs -> qas); ``source`` names it in
+    errors (a file, or a TFDS split)."""
+    input_file = source
     examples = []
-    for entry in data["data"]:
+    for entry in data:
         for paragraph in entry["paragraphs"]:
             text = paragraph["context"]
             doc_tokens: list[str] = []
