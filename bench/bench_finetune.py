@@ -259,10 +259,14 @@ def main() -> None:
         results["squad_postprocessing"] = run_squad_bench(a.features)
         print(json.dumps(results["squad_postprocessing"]), flush=True)
     if a.part in ("step", "both"):
+        from bertgpt_jax import host_memory
+
         sides = {}
         for side in ("jax", "torch"):
+            # Our side runs as the fine-tuning CLIs run it: XLA's buffers on huge pages where the host allows it.
+            env = host_memory.with_huge_pages() if side == "jax" and host_memory.wanted() else None
             proc = subprocess.run([sys.executable, __file__, f"--side={side}", f"--steps={a.steps}"],
-                                  capture_output=True, text=True, check=True)
+                                  capture_output=True, text=True, check=True, env=env)
             sides[side] = json.loads(proc.stdout.strip().splitlines()[-1])
             print(json.dumps(sides[side]), flush=True)
         sides["ratio"] = sides["jax"]["tokens_per_sec"] / sides["torch"]["tokens_per_sec"]

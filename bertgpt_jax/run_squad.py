@@ -16,6 +16,11 @@ checkpoint weights (only the vocabulary, when given), and ``--num_train_steps`` 
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before anything heavy is imported: the process may restart itself
+    from bertgpt_jax import host_memory
+
+    host_memory.reexec_with_huge_pages()  # XLA's per-step buffers on 2 MB pages, CPU runs only (see host_memory)
+
 import dataclasses
 import json
 import os
