@@ -21,15 +21,15 @@ if __name__ == "__main__":  # before anything heavy is imported: the process may
 
     host_memory.reexec_with_huge_pages()  # XLA's per-step buffers on 2 MB pages, CPU runs only (see host_memory)
 
-import dataclasses
-import json
-import os
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
 
-from absl import flags
+from absl import flags  # noqa: E402
 
-from bertgpt_jax import cli
-from bertgpt_jax.cli import setting
-from bertgpt_jax.training.config import TrainConfig
+from bertgpt_jax import cli  # noqa: E402
+from bertgpt_jax.cli import setting  # noqa: E402
+from bertgpt_jax.training.config import TrainConfig  # noqa: E402
 
 F = flags.FLAGS
 
