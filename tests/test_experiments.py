@@ -66,6 +66,9 @@ def test_flagfile_builds_for_its_mesh(path):
         tpu_slice = accelerators.parse_slice(stated.group(1))
         assert tpu_slice.num_chips == chips, (f"{stated.group(1)} has {tpu_slice.num_chips} chips, the mesh "
                                               f"{tuple(shape)} {chips} devices")
+        # The mesh must lay out on the slice's torus (each axis a product of torus axes: 8 x 8 on v4-128's
+        # 4x4x4 does not), as the run's and --compile_only's make_mesh will do it.
+        sharding.make_mesh(cfg.mesh_shape, devices=accelerators.topology_devices(tpu_slice))
         hosts = tpu_slice.num_hosts
         if hosts > 1:
             assert cfg.distributed, f"{stated.group(1)} has {hosts} hosts: the recipe needs --distributed"

@@ -178,7 +178,7 @@ def compile_train_step(cfg: TrainConfig, task: Task, topology: str | accelerator
     devices = accelerators.topology_devices(tpu_slice)
     try:
         mesh = sharding.make_mesh(cfg.mesh_shape, devices=devices)
-    except ValueError as e:
+    except (ValueError, NotImplementedError) as e:  # NotImplementedError: no layout of the axes on the torus
         raise ValueError(f"--mesh_shape={','.join(map(str, cfg.mesh_shape))} does not fit {tpu_slice.describe()}: "
                          f"{e}") from None
     loop.validate(cfg, task, mesh)
