@@ -564,9 +564,9 @@ def test_compile_only_compiles_the_classifier_step_for_a_tpu_slice(tmp_path, cap
     env = dict(os.environ, PYTHONPATH=ROOT, BERTGPT_JAX_NO_HUGE_PAGES="1", XLA_FLAGS="", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-m", "bertgpt_jax.run_classifier", "--task_name=MRPC",
                            "--model=bert-tiny", "--compile_only", "--topology=v5litepod-4", f"--output_dir={out}",
-                           "--train_batch_size=8192", "--max_seq_length=512"],
+                           "--train_batch_size=16384", "--max_seq_length=512"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "the train step of bert-tiny does not fit v5litepod-4" in proc.stderr
-    assert "--grad_accum_steps=2 (microbatch 1024 per chip" in proc.stderr
+    assert "--grad_accum_steps=2 (microbatch 2048 per chip" in proc.stderr
     assert not out.exists()

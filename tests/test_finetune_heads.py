@@ -85,3 +85,50 @@ def test_layer_mix_head_and_frozen_encoder():
                                                    labels=labels)["cls_loss_sum"]))(params)
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads["bert"]))  # frozen encoder
     assert float(jnp.abs(grads["mix_weights"]).max()) > 0 and float(jnp.abs(grads["classifier"]["kernel"]).max()) > 0
+
+
+def test_pooled_classifier_runs_the_last_layer_at_cls_only():
+    """The pooled head reads [CLS] alone, so the encoder's last layer runs there only (keys and values at every
+    position): the same pooled output, dropout and gradients as the full encoder, for fewer FLOPs."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from bertgpt_jax import configs
+    from bertgpt_jax.models.bert import Bert
+    from bertgpt_jax.models.finetune import SequenceClassifier, strip_pretraining_heads
+
+    cfg = configs.get("bert-tiny").replace(vocab_size=256, num_hidden_layers=2, kernels="xla",
+                                           hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    rng = np.random.default_rng(3)
+    ids = rng.integers(5, 256, (3, 32)).astype(np.int32)
+    mask = (np.arange(32)[None, :] < np.array([[32], [20], [9]])).astype(np.int32)
+    model = SequenceClassifier(cfg, 3)
+    params = strip_pretraining_heads(nn.unbox(jax.jit(lambda k: model.init(k, ids, attention_mask=mask))(
+        jax.random.PRNGKey(0))["params"]))
+    rngs = {"dropout": jax.random.PRNGKey(5)}
+
+    def pooled(p, heads_only):
+        return Bert(cfg).apply({"params": p}, ids, attention_mask=mask, deterministic=False, rngs=rngs,
+                               heads_only=heads_only).pooler_output
+
+    full = jax.jit(lambda p: pooled(p, False))(params["bert"])
+    part = jax.jit(lambda p: pooled(p, True))(params["bert"])
+    np.testing.assert_allclose(np.asarray(part), np.asarray(full), rtol=1e-5, atol=1e-6)
+    grad = jax.jit(jax.grad(lambda p, h: jnp.sum(pooled(p, h) ** 2)), static_argnums=1)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 grad(params["bert"], False), grad(params["bert"], True))
+
+    # The classifier's logits are the full encoder's pooled [CLS] through its output layer ...
+    logits = jax.jit(lambda p: model.apply({"params": p}, ids, attention_mask=mask))(params)
+    ref = Bert(cfg).apply({"params": params["bert"]}, ids, attention_mask=mask).pooler_output
+    ref = np.asarray(ref) @ np.asarray(params["classifier"]["kernel"]) + np.asarray(params["classifier"]["bias"])
+    np.testing.assert_allclose(np.asarray(logits), ref, rtol=1e-5, atol=1e-6)
+
+    # ... computed with the last layer at one row of 32: its MLP, output and query matmuls are gone.
+    def flops(fn):
+        return jax.jit(fn).lower(params).compile().cost_analysis()["flops"]
+
+    ours = flops(lambda p: model.apply({"params": p}, ids, attention_mask=mask))
+    full_encoder = flops(lambda p: Bert(cfg).apply({"params": p["bert"]}, ids, attention_mask=mask).pooler_output)
+    assert ours < 0.7 * full_encoder, (ours, full_encoder)

@@ -104,9 +104,10 @@ class Bert(nn.Module):
                  position_ids: Optional[jax.Array] = None, masked_lm_ids: Optional[jax.Array] = None,
                  masked_lm_weights: Optional[jax.Array] = None, next_sentence_labels: Optional[jax.Array] = None,
                  example_weights: Optional[jax.Array] = None, heads_only: bool = False) -> BertOutput:
-        """``heads_only=True`` (with ``masked_lm_positions``) computes the last layer only where the heads
-        read it ([CLS] and the masked positions): the heads' outputs are the same, ``last_hidden_state``
-        is None. Pretraining and its evaluation use it."""
+        """``heads_only=True`` computes the last layer only where the heads read it: [CLS] and the masked
+        positions, or [CLS] alone without ``masked_lm_positions`` (the pooler's input). The heads' and the
+        pooler's outputs are the same, ``last_hidden_state`` is None. Pretraining, its evaluation and
+        sequence classification use it."""
         cfg = self.cfg
         B, T = input_ids.shape
         masks.check_length(T, cfg.max_position_embeddings)
@@ -116,13 +117,15 @@ class Bert(nn.Module):
             position_ids = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
         mask = masks.padding_mask(attention_mask) if attention_mask is not None else None
         init = self.is_initializing()
-        heads_only = heads_only and masked_lm_positions is not None and not init and not cfg.scan_layers
+        heads_only = heads_only and not init and not cfg.scan_layers
         if heads_only and output_hidden_states:
             raise ValueError("heads_only computes the last layer at the heads' positions only; it cannot "
                              "also return every layer's hidden states")
         rows_BxQ = None
         if masked_lm_positions is not None:  # row 0 is [CLS], the rest are the masked positions
             rows_BxQ = jnp.concatenate([jnp.zeros((B, 1), jnp.int32), masked_lm_positions.astype(jnp.int32)], 1)
+        elif heads_only:
+            rows_BxQ = jnp.zeros((B, 1), jnp.int32)
 
         embeddings = BertEmbeddings(cfg, name="embeddings")
         x_BxTxD = constrain_hidden(embeddings(input_ids, token_type_ids, position_ids, deterministic))

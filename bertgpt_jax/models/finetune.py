@@ -65,9 +65,11 @@ def strip_pretraining_heads(params: dict) -> dict:
     return out
 
 
-def _encode(cfg: ModelConfig, input_ids, attention_mask, token_type_ids, deterministic, output_hidden_states=False):
+def _encode(cfg: ModelConfig, input_ids, attention_mask, token_type_ids, deterministic, output_hidden_states=False,
+            heads_only=False):
     return Bert(cfg, name="bert")(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                                  deterministic=deterministic, output_hidden_states=output_hidden_states)
+                                  deterministic=deterministic, output_hidden_states=output_hidden_states,
+                                  heads_only=heads_only)
 
 
 class SequenceClassifier(nn.Module):
@@ -78,7 +80,8 @@ class SequenceClassifier(nn.Module):
     ``layer_mix=True`` reads, instead of the pooled [CLS], a learned softmax-weighted sum of every layer's
     [CLS] state (embeddings and each layer) times a learned scale (ELMo's scalar mix, the paper's
     feature-based approach), then dropout and the dense layer; ``freeze_encoder=True`` stops gradients
-    into the encoder.
+    into the encoder. With the pooled head the encoder's last layer is computed at [CLS] only
+    (``Bert(..., heads_only=True)``), unless layers are scanned.
     """
 
     cfg: ModelConfig
@@ -90,8 +93,10 @@ class SequenceClassifier(nn.Module):
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, deterministic: bool = True,
                  labels: Optional[jax.Array] = None, example_weights: Optional[jax.Array] = None):
         cfg = self.cfg
+        # The pooled head reads only [CLS]: the last layer runs its queries, output projection and MLP there
+        # alone (keys and values at every position), the same values for ~1/T of that work.
         out = _encode(cfg, input_ids, attention_mask, token_type_ids, deterministic,
-                      output_hidden_states=self.layer_mix)
+                      output_hidden_states=self.layer_mix, heads_only=not self.layer_mix)
         if self.layer_mix:
             cls_LxBxD = jnp.stack([h[:, 0] for h in out.hidden_states]).astype(jnp.float32)
             if self.freeze_encoder:

@@ -46,6 +46,11 @@ class SequenceClassification(FinetuneTask):
         out.pop("logits")
         return {**out, **self.counts(batch)}
 
+    def flops_per_token(self) -> float:
+        # The pooled head's encoder runs its last layer past keys and values at [CLS] only (SequenceClassifier).
+        cls_only = not self.model.layer_mix and not self.model_cfg.scan_layers
+        return models.flops_per_token(self.model_cfg, self.seq_len, 0, heads_only=cls_only)
+
     def counts(self, batch: Batch) -> dict:
         return {"cls_count": jnp.sum(real_examples(batch, batch["input_ids"].shape[0]))}
 
