@@ -25,8 +25,8 @@ _SQRT_HALF = 0.7071067811865476  # a Python float: weakly typed, so bf16 stays b
 # Collection that SelfAttention writes its attention probabilities [B, H, T, S] into when it is mutable:
 # ``model.apply(..., mutable=[ATTENTION_WEIGHTS])``.
 ATTENTION_WEIGHTS = "attention_weights"
-# Collection that holds each attention layer's keys and values for incremental decoding (``cached_key``,
-# ``cached_value`` [B, S, H, K] and ``cache_index``): ``model.apply(..., mutable=[CACHE])``.
+# Collection that holds each attention layer's keys and values for incremental decoding (``cached_key``
+# [B, H, K, S], ``cached_value`` [B, H, S, K] and ``cache_index``): ``model.apply(..., mutable=[CACHE])``.
 CACHE = "cache"
 
 
@@ -239,6 +239,18 @@ def weighted_values(probs_BxHxTxS: jax.Array, v_BxSxHxK: jax.Array) -> jax.Array
     return jnp.einsum("bhts,bshk->bthk", probs_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
 
 
+def cached_attention(q_BxTxHxK: jax.Array, k_BxHxKxS: jax.Array, v_BxHxSxK: jax.Array,
+                     mask_Bx1xTxS: jax.Array) -> jax.Array:
+    """``softmax(Q K^T / sqrt(d)) V`` [B, T, H, K] against a decoding cache stored the way the two products read
+    it: keys [B, H, K, S] and values [B, H, S, K], so each is a batched matmul over the cache as it lies,
+    never a transposed copy of the whole cache per step (only this call's T queries are reordered)."""
+    logits_BxHxTxS = jnp.einsum("bthk,bhks->bhts", q_BxTxHxK, k_BxHxKxS, preferred_element_type=jnp.float32)
+    logits_BxHxTxS = logits_BxHxTxS / jnp.sqrt(jnp.float32(q_BxTxHxK.shape[-1]))
+    logits_BxHxTxS = jnp.where(mask_Bx1xTxS, logits_BxHxTxS, jnp.finfo(jnp.float32).min)
+    probs_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1)
+    return jnp.einsum("bhts,bhsk->bthk", probs_BxHxTxS.astype(v_BxHxSxK.dtype), v_BxHxSxK)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention: one fused QKV projection, ``softmax(QK^T / sqrt(d)) V``, an output projection.
 
@@ -263,26 +275,29 @@ class SelfAttention(nn.Module):
         qkv_BxTx3xHxK = self.qkv(x_BxTxD)
         q, k, v = qkv_BxTx3xHxK[:, :, 0], qkv_BxTx3xHxK[:, :, 1], qkv_BxTx3xHxK[:, :, 2]
         if self.is_mutable_collection(CACHE) and not self.is_initializing():
-            k, v, mask_Bx1xTxS = self.extend_cache(k, v, mask_Bx1xTxS)
-            return self.out(self.attend(q, k, v, mask_Bx1xTxS, causal=False))
+            k_BxHxKxS, v_BxHxSxK, mask_Bx1xTxS = self.extend_cache(k, v, mask_Bx1xTxS)
+            return self.out(cached_attention(q, k_BxHxKxS, v_BxHxSxK, mask_Bx1xTxS))
         return self.out(self.attend(q, k, v, mask_Bx1xTxS))
 
     @nn.compact
     def extend_cache(self, k_BxTxHxK, v_BxTxHxK, mask_Bx1xTxS):
         """Incremental decoding: writes this call's keys and values at ``cache_index`` and returns the whole
-        cache [B, S, H, K] with the mask for it, query ``t`` seeing slots ``<= cache_index + t`` (and the
-        caller's mask, over all S slots). A first call on a cache that does not exist yet only creates it,
-        shaped as its input: run it under ``jax.eval_shape`` with the cache length to get the cache."""
+        cache, keys [B, H, K, S] and values [B, H, S, K] (see :func:`cached_attention`), with the mask for
+        it, query ``t`` seeing slots ``<= cache_index + t`` (and the caller's mask, over all S slots). A first
+        call on a cache that does not exist yet only creates it, shaped as its input: run it under
+        ``jax.eval_shape`` with the cache length to get the cache."""
+        k_BxHxKxT = jnp.transpose(k_BxTxHxK, (0, 2, 3, 1))
+        v_BxHxTxK = jnp.transpose(v_BxTxHxK, (0, 2, 1, 3))
         exists = self.has_variable(CACHE, "cached_key")
-        key = self.variable(CACHE, "cached_key", jnp.zeros, k_BxTxHxK.shape, k_BxTxHxK.dtype)
-        value = self.variable(CACHE, "cached_value", jnp.zeros, v_BxTxHxK.shape, v_BxTxHxK.dtype)
+        key = self.variable(CACHE, "cached_key", jnp.zeros, k_BxHxKxT.shape, k_BxHxKxT.dtype)
+        value = self.variable(CACHE, "cached_value", jnp.zeros, v_BxHxTxK.shape, v_BxHxTxK.dtype)
         index = self.variable(CACHE, "cache_index", lambda: jnp.zeros((), jnp.int32))
-        T, S = k_BxTxHxK.shape[1], key.value.shape[1]
+        T, S = k_BxTxHxK.shape[1], key.value.shape[-1]
         if not exists:
-            return k_BxTxHxK, v_BxTxHxK, masks.combine(mask_Bx1xTxS, jnp.tril(jnp.ones((T, T), bool))[None, None])
+            return k_BxHxKxT, v_BxHxTxK, masks.combine(mask_Bx1xTxS, jnp.tril(jnp.ones((T, T), bool))[None, None])
         i = index.value
-        key.value = jax.lax.dynamic_update_slice(key.value, k_BxTxHxK.astype(key.value.dtype), (0, i, 0, 0))
-        value.value = jax.lax.dynamic_update_slice(value.value, v_BxTxHxK.astype(value.value.dtype), (0, i, 0, 0))
+        key.value = jax.lax.dynamic_update_slice(key.value, k_BxHxKxT.astype(key.value.dtype), (0, 0, 0, i))
+        value.value = jax.lax.dynamic_update_slice(value.value, v_BxHxTxK.astype(value.value.dtype), (0, 0, i, 0))
         index.value = i + T
         causal_TxS = jnp.arange(S)[None, :] <= (i + jnp.arange(T))[:, None]
         return key.value, value.value, masks.combine(mask_Bx1xTxS, causal_TxS[None, None])
