@@ -236,3 +236,30 @@ def test_the_clis_take_their_label_sets_from_the_tfds_dataset(monkeypatch, tmp_p
         run_ner.run(train, run_ner.TaggingConfig(max_seq_length=32))
     with pytest.raises(ValueError, match="give one source of data"):
         run_squad.run(train, run_squad.SquadConfig(tfds_name="squad/v1.1", train_file="/x.json"))
+
+
+def test_xnli_reads_the_processors_language_from_the_multilingual_features(monkeypatch):
+    """TFDS's xnli: the premise a Translation (a text per language), the hypothesis a TranslationVariableLanguages
+    (parallel language / translation lists), labels entailment, neutral, contradiction by name."""
+    def rec(premise, hypothesis, label):
+        langs = sorted(hypothesis)
+        return {"premise": {k.encode(): v.encode() for k, v in premise.items()},
+                "hypothesis": {"language": np.array([x.encode() for x in langs], object),
+                               "translation": np.array([hypothesis[x].encode() for x in langs], object)},
+                "label": label}
+    xnli = ({"validation": [rec({"en": "He left.", "zh": "他走了。", "de": "Er ging."},
+                                {"de": "Er blieb.", "en": "He stayed.", "zh": "他留下了。"}, 2),
+                            rec({"en": "It rains.", "zh": "下雨了。"}, {"en": "It is wet.", "zh": "地湿了。"}, 0)],
+             "test": [rec({"en": "A.", "fr": "Un."}, {"en": "B.", "fr": "Deux."}, 1)]},
+            {"premise": object(), "hypothesis": object(), "label": _Names(MNLI_NAMES)})
+    _stand_in(monkeypatch, {"xnli": xnli})
+    dev, split = tfds_source.glue_examples("xnli", glue.DEV, glue.XnliProcessor("zh"))
+    assert split == "validation"
+    assert [(e.text_a, e.text_b, e.label) for e in dev] == [("他走了。", "他留下了。", "contradiction"),
+                                                             ("下雨了。", "地湿了。", "entailment")]
+    de, _ = tfds_source.glue_examples("xnli", glue.DEV, glue.XnliProcessor("en"))
+    assert (de[0].text_a, de[0].text_b) == ("He left.", "He stayed.")
+    with pytest.raises(ValueError, match=r"record 0: no 'zh' premise and hypothesis \(it has en, fr\)"):
+        tfds_source.glue_examples("xnli", glue.TEST, glue.XnliProcessor("zh"))
+    with pytest.raises(ValueError, match=r"xnli has no split for train \(tried train\)"):  # TFDS has none
+        tfds_source.glue_examples("xnli", glue.TRAIN, glue.XnliProcessor("zh"))

@@ -1,4 +1,4 @@
-"""Fine-tuning examples from a TFDS dataset prepared locally (``--tfds_name=glue/mrpc``, ``squad/v1.1``,
+"""Fine-tuning examples from a TFDS dataset prepared locally (``--tfds_name=glue/mrpc``, ``xnli``, ``squad/v1.1``,
 ``conll2003``), read through ``tfds.data_source`` (array_record: random access, no TensorFlow at read time).
 
 Records come back as dicts whose text features are ``bytes`` (decoded here as UTF-8) and whose ClassLabel
@@ -139,21 +139,43 @@ def _config(name: str) -> str:
     return name.split("/")[1].split(":")[0] if "/" in name else ""
 
 
+def is_xnli(name: str, processor: glue.DataProcessor) -> bool:
+    """TFDS's ``xnli`` (its validation and test splits; it has no train split) read by the XNLI processor."""
+    return isinstance(processor, glue.XnliProcessor) and name.split("/")[0].split(":")[0] == "xnli"
+
+
+def xnli_pair(rec: dict, language: str, where: str, i: int) -> tuple[str, str]:
+    """An ``xnli`` record's premise and hypothesis in ``language``: the premise is a Translation (one text per
+    language), the hypothesis a TranslationVariableLanguages (parallel ``language``/``translation`` lists)."""
+    premises = {text(k): v for k, v in rec["premise"].items()}
+    languages = [text(x) for x in rec["hypothesis"]["language"]]
+    if language not in premises or language not in languages:
+        have = sorted(set(premises) & set(languages))
+        raise ValueError(f"{where} record {i}: no {language!r} premise and hypothesis (it has {', '.join(have)}); "
+                         "the XNLI processor reads one language")
+    return text(premises[language]), text(rec["hypothesis"]["translation"][languages.index(language)])
+
+
 def glue_examples(name: str, role: str, processor: glue.DataProcessor, data_dir: str | None = None,
                   overrides: dict[str, str] | None = None, *, text_a: str | None = None,
                   text_b: str | None = None, label_feature: str = "label",
                   candidates: Sequence[str] | None = None) -> tuple[list[glue.InputExample], str]:
     """The ``role`` split of a TFDS classification dataset as InputExamples labelled in ``processor``'s
-    label set; returns them and the TFDS split read. GLUE configs know their features; other datasets (the
-    generic task) name them with ``text_a``/``text_b``/``label_feature``."""
+    label set; returns them and the TFDS split read. GLUE configs and ``xnli`` (the processor's language)
+    know their features; other datasets (the generic task) name them with ``text_a``/``text_b``/
+    ``label_feature``."""
     b = builder(name, data_dir)
     known = GLUE_FEATURES.get(_config(name)) if name.startswith("glue/") else None
     alias: dict = {}
     if known is not None and text_a is None:
         text_a, text_b, alias = known
+    xnli = is_xnli(name, processor) and text_a is None
+    if xnli:  # the pair in the processor's language, from the multilingual features
+        text_a, text_b = "premise", "hypothesis"
     if text_a is None:
-        raise ValueError(f"--tfds_name {name} is not a GLUE config ({', '.join(f'glue/{c}' for c in GLUE_FEATURES)})"
-                         "; name its text features with --text_column (and --text_pair_column)")
+        configs = ", ".join(f"glue/{c}" for c in GLUE_FEATURES)
+        raise ValueError(f"--tfds_name {name} is not a GLUE config ({configs}) nor xnli; name its text features "
+                         "with --text_column (and --text_pair_column)")
     feats = b.info.features
     for feat in (text_a, text_b):
         if feat is not None and feat not in feats:
@@ -185,9 +207,12 @@ def glue_examples(name: str, role: str, processor: glue.DataProcessor, data_dir:
                 task = processor.name or "the task"
                 raise ValueError(f"{where} record {i}: label {tfds_label!r} is not one of {task}'s labels "
                                  f"{labels} (is --task_name right for this dataset?)")
-        b_text = None if text_b is None else text(rec[text_b])
+        if xnli:
+            a_text, b_text = xnli_pair(rec, processor.language, where, i)
+        else:
+            a_text, b_text = text(rec[text_a]), None if text_b is None else text(rec[text_b])
         idx = rec.get("idx", i)
-        out.append(glue.InputExample(f"{role}-{int(idx)}", text(rec[text_a]), b_text, label))
+        out.append(glue.InputExample(f"{role}-{int(idx)}", a_text, b_text, label))
     if not out:
         raise ValueError(f"{where} holds no examples")
     return out, split
