@@ -19,6 +19,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 # Which implementation of the backend-specific pieces runs (bertgpt_jax.models.kernels): "auto" picks the
 # one for the platform the model is compiled for when the model is built.
 KERNELS = ("auto", "xla", "cpu", "cudnn")
+# Kernels for inference only, which a model built for generation chooses itself (never a training flag).
+INFERENCE_KERNELS = ("cpu_decoding",)
 
 
 def check_positions(length: int, max_position_embeddings: int | None, name: str = "sequence length") -> None:
@@ -77,8 +79,8 @@ class ModelConfig:
             raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {HIDDEN_ACTS}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat {self.remat!r} is not one of {REMAT_POLICIES}")
-        if self.kernels not in KERNELS:
-            raise ValueError(f"kernels {self.kernels!r} is not one of {KERNELS}")
+        if self.kernels not in KERNELS + INFERENCE_KERNELS:
+            raise ValueError(f"kernels {self.kernels!r} is not one of {KERNELS + INFERENCE_KERNELS}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {DTYPES}")

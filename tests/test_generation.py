@@ -304,3 +304,21 @@ def test_an_hf_directory_with_the_gpt2_ranks_file_as_vocab_file(tmp_path, gpt2_t
     assert loaded.tokenizer.encode("Hello world, said the") == ids
     [[gen]] = generation.generate(loaded, ["Hello world, said the"], 16)
     assert gen.token_ids == _hf_greedy(hf, [ids], 16, eos=50256)[0]
+
+
+def test_batches_decode_with_weight_major_dense_kernels_and_the_same_logits(setup):
+    """On CPU a batch decodes with the ``cpu_decoding`` kernels (each dense kernel read transposed, as an array
+    of its own, models/kernels.py); batch 1 with XLA's own. Both give the same logits."""
+    gen, params, cfg = setup["gen"], setup["single"].params, setup["cfg"]
+    assert gen.batch_model.cfg.kernels == "cpu_decoding" and gen.loaded.model.cfg.kernels == "xla"
+    ids = np.asarray(np.random.RandomState(1).randint(0, cfg.vocab_size, (2, 8)), np.int32)
+
+    def logits(model):
+        return jax.jit(lambda p: model.apply({"params": p}, ids).logits)
+
+    plain, weight_major = logits(gen.loaded.model), logits(gen.batch_model)
+    np.testing.assert_allclose(np.asarray(weight_major(params)), np.asarray(plain(params)), rtol=1e-5, atol=1e-5)
+    # Every dense kernel (qkv, output, two MLP per layer) is transposed once, in a conditional of its own.
+    hlo = weight_major.lower(params).compile().as_text()
+    assert hlo.count(" conditional(") == 4 * cfg.num_hidden_layers
+    assert plain.lower(params).compile().as_text().count(" conditional(") == 0

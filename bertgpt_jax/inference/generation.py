@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bertgpt_jax import sharding
+from bertgpt_jax import models, sharding
 from bertgpt_jax.cli import setting
 from bertgpt_jax.inference.loading import LoadedModel, ModelSource
 from bertgpt_jax.models.gpt2 import GPT2
@@ -114,16 +114,23 @@ class Generator:
         self.eos_token_id = next((e for e in (eos_token_id, tok_eos, self.cfg.eos_token_id) if e is not None), None)
         self.traces = 0  # how often the decoding function was traced (a compile each): tests guard it
         self._compiled: dict[tuple, Any] = {}
+        # On CPU a batch's decoding steps read the dense kernels transposed (models/kernels.py, cpu_decoding):
+        # the same parameters and outputs, the weights streamed at close to memory bandwidth. One row at a
+        # time (batch 1) XLA's own matrix-vector product is faster.
+        platform = loaded.mesh.devices.flat[0].platform
+        self.batch_model = loaded.model if platform != "cpu" else models.from_config(
+            self.cfg.replace(kernels="cpu_decoding"))
 
     # ---- the compiled function ----------------------------------------------------------------
 
     def _decode_fn(self, new_bucket: int, mode: Sampling):
-        model, eos = self.loaded.model, -1 if self.eos_token_id is None else self.eos_token_id
+        eos = -1 if self.eos_token_id is None else self.eos_token_id
         pad = max(eos, 0)  # what a finished sequence's later slots hold
 
         def decode(params, ids_BxP, mask_BxP, sample_B, max_new, temperature, top_p, seed_key):
             self.traces += 1
             B, P = ids_BxP.shape
+            model = self.batch_model if B > 1 else self.loaded.model
             S = P + new_bucket
             lengths_B = jnp.sum(mask_BxP, axis=1).astype(jnp.int32)
             positions_BxP = jnp.maximum(jnp.cumsum(mask_BxP, axis=1) - 1, 0).astype(jnp.int32)

@@ -20,6 +20,11 @@ the platform of the devices the run uses, or one named explicitly for ahead-of-t
     instead.
 
 - ``cudnn``: GPUs with 16-bit compute: ``jax.nn.dot_product_attention`` runs cuDNN's flash attention.
+- ``cpu_decoding`` (inference only; ``inference.generation`` builds its model with it on CPU): incremental
+  decoding, where each step multiplies a few rows by every weight. :func:`weight_major_dot_general` reads
+  each dense kernel transposed, [out, in], which XLA's CPU matmul streams at close to the memory bandwidth
+  for few rows, where ``x . W`` with W [in, out] reaches about half of it. The transposed kernels do not
+  depend on the step, so XLA computes them once, before the decoding loop.
 """
 
 from __future__ import annotations
@@ -32,13 +37,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bertgpt_jax.configs import KERNELS
+from bertgpt_jax.configs import INFERENCE_KERNELS, KERNELS
 
 
 def resolve(kernels: str, platform: str, dtype: str) -> str:
     """The implementation ``auto`` stands for on ``platform`` (``cpu``, ``gpu``, ``tpu``, ...)."""
-    if kernels not in KERNELS:
-        raise ValueError(f"kernels {kernels!r} is not one of {KERNELS}")
+    if kernels not in KERNELS + INFERENCE_KERNELS:
+        raise ValueError(f"kernels {kernels!r} is not one of {KERNELS + INFERENCE_KERNELS}")
     if kernels != "auto":
         return kernels
     if platform == "cpu":
@@ -50,6 +55,8 @@ def resolve(kernels: str, platform: str, dtype: str) -> str:
 
 def dense_dot_general(kernels: str) -> Callable:
     """The ``dot_general`` dense layers use."""
+    if kernels == "cpu_decoding":
+        return weight_major_dot_general
     return dot_general if kernels == "cpu" else jax.lax.dot_general
 
 
@@ -137,16 +144,38 @@ def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=Non
                 preferred_element_type=None) -> jax.Array:
     """``jax.lax.dot_general`` whose gradient for a dense layer (``x``'s trailing axes against the kernel's
     leading axes, no batch axes) is computed as row-major matmuls; other contractions are passed through."""
+    n = _dense_axes(lhs, dimension_numbers, precision)
+    if n is None:
+        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                                   preferred_element_type=preferred_element_type)
+    out_dtype = preferred_element_type if preferred_element_type is not None else jnp.result_type(lhs, rhs)
+    return _dense(lhs, rhs, n, out_dtype)
+
+
+def _dense_axes(lhs: jax.Array, dimension_numbers, precision) -> int | None:
+    """How many kernel axes a dense layer's contraction reads (``x``'s trailing axes against the kernel's
+    leading axes, no batch axes, default precision); None for any other contraction."""
     (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = dimension_numbers
     n = len(rhs_contract)
     dense = (not lhs_batch and not rhs_batch and precision is None
              and tuple(rhs_contract) == tuple(range(n))
              and tuple(lhs_contract) == tuple(range(lhs.ndim - n, lhs.ndim)))
-    if not dense:
+    return n if dense else None
+
+
+def weight_major_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
+                             preferred_element_type=None) -> jax.Array:
+    """A dense layer's ``x . W`` as ``x . (W^T)^T`` with ``W^T`` [out, in] an array of its own
+    (:func:`transposed_copy`), so the matmul contracts both operands over their minor axis; other
+    contractions are passed through. For inference (no custom gradient)."""
+    n = _dense_axes(lhs, dimension_numbers, precision)
+    if n is None:
         return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                    preferred_element_type=preferred_element_type)
-    out_dtype = preferred_element_type if preferred_element_type is not None else jnp.result_type(lhs, rhs)
-    return _dense(lhs, rhs, n, out_dtype)
+    n_in = int(np.prod(rhs.shape[:n]))
+    kernel_OxI = transposed_copy(rhs.reshape(n_in, -1))
+    y_NxO = jnp.einsum("ni,oi->no", lhs.reshape(-1, n_in), kernel_OxI, preferred_element_type=preferred_element_type)
+    return y_NxO.reshape(lhs.shape[:lhs.ndim - n] + rhs.shape[n:])
 
 
 @jax.custom_vjp
