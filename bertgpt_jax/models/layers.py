@@ -226,10 +226,15 @@ def attention_probs(q_BxTxHxK: jax.Array, k_BxSxHxK: jax.Array, mask_Bx1xTxS: Op
     """``softmax(Q K^T / sqrt(d))`` over keys, masked (True = attend), fp32 [B, H, T, S]."""
     T, S = q_BxTxHxK.shape[1], k_BxSxHxK.shape[1]
     logits_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK, preferred_element_type=jnp.float32)
-    logits_BxHxTxS = logits_BxHxTxS / jnp.sqrt(jnp.float32(q_BxTxHxK.shape[-1]))
     if is_causal:
         causal = jnp.tril(jnp.ones((T, S), bool))[None, None]
         mask_Bx1xTxS = causal if mask_Bx1xTxS is None else jnp.logical_and(mask_Bx1xTxS, causal)
+    return softmax_over_keys(logits_BxHxTxS, q_BxTxHxK.shape[-1], mask_Bx1xTxS)
+
+
+def softmax_over_keys(logits_BxHxTxS: jax.Array, head_dim: int, mask_Bx1xTxS: Optional[jax.Array]) -> jax.Array:
+    """``softmax(logits / sqrt(d))`` over the keys, masked positions (False) at fp32's lowest value."""
+    logits_BxHxTxS = logits_BxHxTxS / jnp.sqrt(jnp.float32(head_dim))
     if mask_Bx1xTxS is not None:
         logits_BxHxTxS = jnp.where(mask_Bx1xTxS, logits_BxHxTxS, jnp.finfo(jnp.float32).min)
     return jax.nn.softmax(logits_BxHxTxS, axis=-1)
@@ -245,9 +250,7 @@ def cached_attention(q_BxTxHxK: jax.Array, k_BxHxKxS: jax.Array, v_BxHxSxK: jax.
     it: keys [B, H, K, S] and values [B, H, S, K], so each is a batched matmul over the cache as it lies,
     never a transposed copy of the whole cache per step (only this call's T queries are reordered)."""
     logits_BxHxTxS = jnp.einsum("bthk,bhks->bhts", q_BxTxHxK, k_BxHxKxS, preferred_element_type=jnp.float32)
-    logits_BxHxTxS = logits_BxHxTxS / jnp.sqrt(jnp.float32(q_BxTxHxK.shape[-1]))
-    logits_BxHxTxS = jnp.where(mask_Bx1xTxS, logits_BxHxTxS, jnp.finfo(jnp.float32).min)
-    probs_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1)
+    probs_BxHxTxS = softmax_over_keys(logits_BxHxTxS, q_BxTxHxK.shape[-1], mask_Bx1xTxS)
     return jnp.einsum("bhts,bhsk->bthk", probs_BxHxTxS.astype(v_BxHxSxK.dtype), v_BxHxSxK)
 
 
